@@ -1,0 +1,188 @@
+"""OpenAI's GPT-2 weights: where to get them, and how they map onto ``GPTModel``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from gpt2_lightning.download import download
+from gpt2_lightning.model import GPT2_ALIASES, GPTConfig, GPTModel
+
+# Hugging Face GPT-2 submodule name -> ours. Conv1D layers store weights as [in, out].
+_LAYER_KEYS = {
+    "ln_1": ("norm1", False),
+    "attn.c_attn": ("att.qkv", True),
+    "attn.c_proj": ("att.out_proj", True),
+    "ln_2": ("norm2", False),
+    "mlp.c_fc": ("ff.fc", True),
+    "mlp.c_proj": ("ff.proj", True),
+}
+_TOP_KEYS = {"wte.weight": "tok_emb.weight", "wpe.weight": "pos_emb.weight",
+             "ln_f.weight": "final_norm.weight", "ln_f.bias": "final_norm.bias",
+             "lm_head.weight": "out_head.weight"}
+# Causal-mask buffers that older exports carry; they are not weights.
+_BUFFER_KEY = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+_LAYER_KEY = re.compile(r"^h\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict does not fit the model it is loaded into."""
+
+
+def convert_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Hugging Face GPT-2 state dict as a ``GPTModel`` state dict.
+
+    Accepts keys with or without the ``transformer.`` prefix; transposes the Conv1D
+    weights; fills a missing ``lm_head.weight`` from the token embedding (tied head).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        key = key.removeprefix("transformer.")
+        if _BUFFER_KEY.match(key):
+            continue
+        if key in _TOP_KEYS:
+            out[_TOP_KEYS[key]] = tensor
+            continue
+        match = _LAYER_KEY.match(key)
+        if match is None or match.group(2) not in _LAYER_KEYS:
+            raise CheckpointMismatchError(f"unexpected tensor {key!r} in a GPT-2 checkpoint")
+        layer, hf_name, kind = match.groups()
+        name, conv1d = _LAYER_KEYS[hf_name]
+        out[f"blocks.{layer}.{name}.{kind}"] = tensor.t() if conv1d and kind == "weight" else tensor
+    if "tok_emb.weight" not in out:
+        raise CheckpointMismatchError("not a GPT-2 checkpoint: no token embedding 'wte.weight'")
+    out.setdefault("out_head.weight", out["tok_emb.weight"])
+    return out
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> GPTConfig:
+    """The ``GPTConfig`` whose shapes match a converted state dict.
+
+    The head count is not stored in the weights: it is taken from the GPT-2 size with the
+    same width, and must be given for other widths.
+    """
+    vocab_size, emb_dim = state_dict["tok_emb.weight"].shape
+    n_layers = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
+    values = dict(vocab_size=vocab_size, emb_dim=emb_dim, n_layers=n_layers,
+                  context_length=state_dict["pos_emb.weight"].shape[0],
+                  qkv_bias="blocks.0.att.qkv.bias" in state_dict)
+    if "n_heads" not in overrides:
+        widths = {768: 12, 1024: 16, 1280: 20, 1600: 25}
+        if emb_dim not in widths:
+            raise CheckpointMismatchError(
+                f"cannot tell the number of attention heads of a width-{emb_dim} checkpoint; "
+                f"give n_heads explicitly")
+        values["n_heads"] = widths[emb_dim]
+    return GPTConfig(**{**values, **overrides})
+
+
+def load_state_dict_checked(model: GPTModel, state_dict: dict[str, torch.Tensor],
+                            source: str = "checkpoint") -> None:
+    """``model.load_state_dict`` with errors that name the tensor and both shapes."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{source} does not fit the model: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    for key, target in expected.items():  # model order: the first mismatch is the root cause
+        if state_dict[key].shape != target.shape:
+            raise CheckpointMismatchError(
+                f"{source}: tensor {key!r} has shape {tuple(state_dict[key].shape)} but the model "
+                f"expects {tuple(target.shape)} (is it another model size?)")
+    model.load_state_dict(state_dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Finding and loading weights
+# ---------------------------------------------------------------------------------------
+
+HUB_REPOS = {"gpt2-small": "gpt2", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large",
+             "gpt2-xl": "gpt2-xl"}
+HUB_URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.safetensors"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def default_cache_dir() -> Path:
+    """``$GPT2_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/gpt2-lightning``, else ``~/.cache/...``."""
+    if os.environ.get("GPT2_LIGHTNING_CACHE"):
+        return Path(os.environ["GPT2_LIGHTNING_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "gpt2-lightning"
+
+
+def hub_url(name: str) -> str:
+    """The public ``model.safetensors`` of a GPT-2 size on the Hugging Face hub."""
+    canonical = GPT2_ALIASES.get(name.lower(), name.lower())
+    if canonical not in HUB_REPOS:
+        raise ValueError(f"no public checkpoint for {name!r}; choose one of {', '.join(HUB_REPOS)}")
+    return HUB_URL.format(repo=HUB_REPOS[canonical])
+
+
+def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                    sha256: str | None = None, progress: bool = True) -> Path:
+    """The local safetensors file for a GPT-2 size, a URL, a file or a folder.
+
+    Sizes and URLs are downloaded once into ``cache_dir`` and reused afterwards.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    spec = os.fspath(name_or_path)
+    if spec.startswith(("http://", "https://")):
+        digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
+        return download(spec, cache_dir / "url" / digest / WEIGHTS_FILE, sha256=sha256, progress=progress)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"folder {path} holds no {WEIGHTS_FILE}")
+        return path / WEIGHTS_FILE
+    if path.is_file():
+        return path
+    canonical = GPT2_ALIASES.get(spec.lower(), spec.lower())
+    if canonical in HUB_REPOS:
+        return download(hub_url(canonical), cache_dir / canonical / WEIGHTS_FILE, sha256=sha256,
+                        progress=progress)
+    raise FileNotFoundError(f"weights {spec!r} are neither a file, a folder, a URL nor a GPT-2 "
+                            f"size ({', '.join(HUB_REPOS)})")
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, with a clear error for anything else."""
+    try:
+        return safetensors.torch.load_file(os.fspath(path))
+    except (safetensors.SafetensorError, OSError, ValueError) as err:
+        raise CheckpointMismatchError(f"{path} is not a readable safetensors file ({err})") from None
+
+
+def heads_from_hf_config(weights: Path) -> int | None:
+    """``n_head`` from a Hugging Face ``config.json`` lying beside the weights, if any."""
+    config = weights.with_name("config.json")
+    if not config.is_file():
+        return None
+    try:
+        return int(json.loads(config.read_text())["n_head"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def load_pretrained(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                    sha256: str | None = None, progress: bool = True, **config_overrides) -> GPTModel:
+    """A ``GPTModel`` holding GPT-2 weights given by size name, URL, file or folder.
+
+    The shape is read off the weights; ``config_overrides`` set the rest (``drop_rate``)
+    or what the weights cannot tell (``n_heads`` of a non-standard width).
+    """
+    path = resolve_weights(name_or_path, cache_dir, sha256=sha256, progress=progress)
+    state_dict = convert_hf_state_dict(read_safetensors(path))
+    if "n_heads" not in config_overrides and (heads := heads_from_hf_config(path)):
+        config_overrides["n_heads"] = heads
+    model = GPTModel(infer_config(state_dict, **config_overrides))
+    load_state_dict_checked(model, state_dict, source=str(path))
+    return model

@@ -1,0 +1,87 @@
+"""Prompt styles: how a record becomes prompt text and response text, and back.
+
+A style renders the prompt (everything the model is given, ending where the answer
+starts) and the response (what it should produce) separately, so the prompt's tokens can
+be masked out of the loss and generation can start exactly where the answer begins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    name: str
+    header: str
+    """Text before the instruction."""
+    input_prefix: str
+    """Text before the optional ``input`` (omitted with it when the input is empty)."""
+    response_header: str
+    """Text that ends the prompt; the answer follows it."""
+    stop_strings: tuple[str, ...]
+    """Generated text is cut at the first of these (the model starting a new turn)."""
+
+    def prompt(self, record: Mapping[str, str]) -> str:
+        extra = f"{self.input_prefix}{record['input']}" if record.get("input") else ""
+        return f"{self.header}{record['instruction']}{extra}{self.response_header}"
+
+    def response(self, record: Mapping[str, str]) -> str:
+        return record["output"]
+
+    def extract(self, text: str) -> str:
+        """The answer in ``text``: after the response header when the text holds the
+        prompt, cut at the first stop string, stripped."""
+        marker = self.response_header.strip()
+        if marker in text:
+            text = text.split(marker, 1)[1]
+        for stop in self.stop_strings:
+            text = text.split(stop, 1)[0]
+        return text.strip()
+
+
+PROMPT_STYLES: dict[str, PromptStyle] = {
+    # Stanford Alpaca's template, as used by the reference fine-tune.
+    "alpaca": PromptStyle(
+        name="alpaca",
+        header="Below is an instruction that describes a task. Write a response that "
+               "appropriately completes the request.\n\n### Instruction:\n",
+        input_prefix="\n\n### Input:\n",
+        response_header="\n\n### Response:\n",
+        stop_strings=("### Instruction:", "### Input:", "### Response:", "<|endoftext|>"),
+    ),
+    # Microsoft Phi-3's chat turns.
+    "phi3": PromptStyle(
+        name="phi3",
+        header="<|user|>\n",
+        input_prefix="\n",
+        response_header="\n\n<|assistant|>\n",
+        stop_strings=("<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"),
+    ),
+}
+
+
+def get_style(style: str | PromptStyle) -> PromptStyle:
+    if isinstance(style, PromptStyle):
+        return style
+    try:
+        return PROMPT_STYLES[style]
+    except KeyError:
+        raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}") from None
+
+
+def format_prompt(record: Mapping[str, str], style: str | PromptStyle = "alpaca") -> str:
+    """The prompt text of ``record`` (instruction, optional input, response header)."""
+    return get_style(style).prompt(record)
+
+
+def format_example(record: Mapping[str, str], style: str | PromptStyle = "alpaca") -> str:
+    """Prompt and response as one training text."""
+    style = get_style(style)
+    return style.prompt(record) + style.response(record)
+
+
+def extract_response(text: str, style: str | PromptStyle = "alpaca") -> str:
+    """The model's answer in generated ``text`` (see ``PromptStyle.extract``)."""
+    return get_style(style).extract(text)

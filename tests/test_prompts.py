@@ -1,0 +1,37 @@
+import pytest
+
+from gpt2_lightning.prompts import extract_response, format_example, format_prompt
+
+WITH_INPUT = {"instruction": "Rewrite the sentence in passive voice.", "input": "The dog chased the ball.",
+              "output": "The ball was chased by the dog."}
+NO_INPUT = {"instruction": "Name a primary color.", "input": "", "output": "Red."}
+
+
+def test_alpaca_prompt_matches_the_stanford_template():
+    assert format_prompt(WITH_INPUT) == (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nRewrite the sentence in passive voice."
+        "\n\n### Input:\nThe dog chased the ball.\n\n### Response:\n")
+    assert format_example(NO_INPUT) == (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nName a primary color.\n\n### Response:\nRed.")
+
+
+def test_phi3_prompt():
+    assert format_example(WITH_INPUT, "phi3") == (
+        "<|user|>\nRewrite the sentence in passive voice.\nThe dog chased the ball.\n\n"
+        "<|assistant|>\nThe ball was chased by the dog.")
+
+
+@pytest.mark.parametrize("style", ["alpaca", "phi3"])
+def test_extract_response_drops_prompt_header_and_next_turn(style):
+    generated = format_example(WITH_INPUT, style)
+    assert extract_response(generated, style) == WITH_INPUT["output"]
+    next_turn = {"alpaca": "\n\n### Instruction:\nmore", "phi3": "\n<|user|>\nmore"}[style]
+    assert extract_response(generated + next_turn, style) == WITH_INPUT["output"]
+    assert extract_response("  just an answer<|endoftext|>junk", style) == "just an answer"
+
+
+def test_unknown_style_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown prompt style 'chatml'; choose one of alpaca, phi3"):
+        format_prompt(NO_INPUT, "chatml")

@@ -22,3 +22,35 @@ def seed_dataset() -> Path:
     if not path.is_file():
         pytest.skip("seed dataset not present beside the repository")
     return path
+
+
+def compose_train(output_dir: Path, *overrides: str):
+    """``conf/train.yaml`` composed as ``train.py`` would, writing into ``output_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    os.environ.setdefault("PROJECT_ROOT", str(REPO_ROOT))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO_ROOT / "conf")):
+        cfg = compose("train.yaml", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+TINY_RUN = ("model=tiny", "data=sample", "trainer=cpu", "callbacks=default", "respond=false",
+            "plot=false", "export=false", "test=false",
+            "trainer.enable_model_summary=false", "callbacks.progress_bar.refresh_rate=0")
+
+
+def run_train_py(*args: str, cwd: Path = REPO_ROOT, timeout: float = 600):
+    """``python train.py ARGS`` in a real subprocess; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)

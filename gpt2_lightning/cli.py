@@ -1,0 +1,40 @@
+"""What the command-line entry points share: user errors become one line and exit code 2."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from gpt2_lightning.download import DownloadError
+from gpt2_lightning.records import DataError
+from gpt2_lightning.tokenizer import TokenizerUnavailableError
+
+# Errors that mean "the input or the settings are wrong", not "the program is wrong".
+USER_ERRORS = (DataError, DownloadError, TokenizerUnavailableError, MisconfigurationException,
+               ValueError, FileNotFoundError, PermissionError)
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost cause (Hydra wraps constructor errors in ``InstantiationException``)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Print a user error as ``error: ...`` and exit 2; ``GPT2_LIGHTNING_DEBUG=1`` re-raises."""
+    try:
+        yield
+    except Exception as err:
+        cause = root_cause(err)
+        if not isinstance(cause, USER_ERRORS) or os.environ.get("GPT2_LIGHTNING_DEBUG"):
+            raise
+        message = str(cause) if not isinstance(cause, OSError) or not cause.filename else \
+            f"{cause.filename}: {cause.strerror}"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,52 @@
+"""Scores of ``responses.json`` against the reference outputs: exact match and ROUGE-L."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over lower-cased words (1.0: same words in the same order)."""
+    pred, ref = _words(prediction), _words(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    lcs = _lcs_length(pred, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    """Equal up to case, punctuation and white space."""
+    return _words(prediction) == _words(reference)
+
+
+def score_responses(records: Sequence[dict]) -> dict:
+    """Mean exact match and ROUGE-L of ``model_response`` against ``output``."""
+    n = len(records)
+    if n == 0:
+        return {"n": 0, "exact_match": 0.0, "rouge_l": 0.0}
+    return {
+        "n": n,
+        "exact_match": sum(exact_match(r["model_response"], r["output"]) for r in records) / n,
+        "rouge_l": sum(rouge_l(r["model_response"], r["output"]) for r in records) / n,
+        "empty_responses": sum(not r["model_response"].strip() for r in records),
+    }

@@ -1,0 +1,155 @@
+"""``InstructionTuner``: the LightningModule that fine-tunes a ``GPTModel`` on instruction data."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from gpt2_lightning.data import IGNORE_INDEX
+from gpt2_lightning.model import GPTConfig, GPTModel
+
+
+def masked_lm_loss(model: GPTModel, input_ids: torch.Tensor, targets: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the targets that are not ``IGNORE_INDEX``, and their count.
+
+    Equal to ``cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)``, but
+    the LM head (a third of GPT-2 small's FLOPs at these lengths) only runs where a
+    target is scored: padding, and the prompt under ``mask_prompt``, are skipped.
+    """
+    hidden = model.hidden_states(input_ids)
+    keep = targets != IGNORE_INDEX
+    logits = model.out_head(hidden[keep])
+    count = keep.sum()
+    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum") / count.clamp(min=1)
+    return loss, count
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float):
+    """Multiplier of the base learning rate: linear warm-up, then constant or cosine decay."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+class InstructionTuner(L.LightningModule):
+    """GPT-2 + next-token cross-entropy + AdamW, logging to TensorBoard.
+
+    Everything needed to rebuild the model (its config and the prompt style) is saved as
+    hyperparameters, so a checkpoint alone restores it.
+    """
+
+    def __init__(self, gpt_config: dict[str, Any], prompt_style: str = "alpaca", lr: float = 5e-5,
+                 weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
+                 warmup_steps: int = 0, schedule: str = "constant", min_lr_ratio: float = 0.1,
+                 compile: bool = False, model: GPTModel | None = None):
+        super().__init__()
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', got {schedule!r}")
+        if lr <= 0:
+            raise ValueError(f"optimizer.lr must be positive, got {lr}")
+        self.save_hyperparameters(ignore=["model"])
+        config = GPTConfig.from_dict(gpt_config)
+        if model is not None and model.cfg != config:
+            raise ValueError(f"the given model's config {model.cfg} differs from gpt_config {config}")
+        self.model = model if model is not None else GPTModel(config)
+        self.train_loss_epoch = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.tokens_seen = 0
+        self._step_started = 0.0
+
+    @property
+    def config(self) -> GPTConfig:
+        return self.model.cfg
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            self.model.compile()  # in place: parameter names (and checkpoints) stay the same
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return masked_lm_loss(self.model, batch["input_ids"], batch["targets"])
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, count = self._loss(batch)
+        self.train_loss_epoch.update(loss.detach(), weight=count)
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        tokens = batch["input_ids"].numel() * self.trainer.world_size
+        self.tokens_seen += tokens
+        elapsed = time.perf_counter() - self._step_started
+        self.log_dict({"tokens_seen": float(self.tokens_seen), "tokens_per_sec": tokens / max(elapsed, 1e-9)},
+                      on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train_loss_epoch", self.train_loss_epoch.compute())
+        self.train_loss_epoch.reset()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, count = self._loss(batch)
+        self.val_loss.update(loss, weight=count)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log_dict({"val_loss": loss, "val_ppl": torch.exp(loss)}, prog_bar=True)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, count = self._loss(batch)
+        self.test_loss.update(loss, weight=count)
+
+    def on_test_epoch_end(self) -> None:
+        loss = self.test_loss.compute()
+        self.test_loss.reset()
+        self.log_dict({"test_loss": loss, "test_ppl": torch.exp(loss)})
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for param in self.model.parameters():  # tied head: parameters() yields it once
+            (decay if param.dim() >= 2 else no_decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = all(p.device.type in ("cpu", "cuda", "mps") for p in decay + no_decay)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+        factor = lr_lambda(hp.warmup_steps, int(self.trainer.estimated_stepping_batches),
+                           hp.schedule, hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = checkpoint.get("tokens_seen", 0)
+
+
+def fsdp_strategy(activation_checkpointing: bool = False, **kwargs):
+    """Lightning's FSDP, sharding per transformer block (for gpt2-large and gpt2-xl)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from gpt2_lightning.model import TransformerBlock
+
+    blocks = {TransformerBlock}
+    return FSDPStrategy(auto_wrap_policy=blocks,
+                        activation_checkpointing_policy=blocks if activation_checkpointing else None,
+                        **kwargs)

@@ -1,0 +1,136 @@
+"""The training job behind ``train.py``: fit -> best checkpoint -> test -> export ->
+respond -> evaluate -> plot, all in one run directory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from gpt2_lightning.checkpoints import export_model, model_from_checkpoint
+from gpt2_lightning.data import InstructionDataModule
+from gpt2_lightning.evaluate import score_responses
+from gpt2_lightning.io import write_json
+from gpt2_lightning.model import GPTConfig, GPTModel
+from gpt2_lightning.module import InstructionTuner
+from gpt2_lightning.plotting import plot_losses
+from gpt2_lightning.pretrained import load_pretrained
+from gpt2_lightning.respond import GenerationSettings, respond
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, found before any work starts."""
+
+
+def check_accelerator(accelerator: str) -> None:
+    """Fail early, in words, when the configured device is not on this machine."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA GPU is available here; "
+                          f"use trainer=cpu (or trainer.accelerator=auto)")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps but Apple's MPS is not available here; use trainer=cpu")
+    if accelerator not in ("auto", "cpu", "gpu", "cuda", "mps", "tpu"):
+        raise ConfigError(f"unknown trainer.accelerator={accelerator!r}; use cpu, gpu, mps or auto")
+
+
+def build_model(model_cfg: DictConfig, cache_dir: str | None, resuming: bool) -> GPTModel:
+    """The GPT-2 to fine-tune: OpenAI's weights when ``pretrained`` (unless a checkpoint
+    will overwrite them anyway), else random initialisation of the configured shape."""
+    overrides = OmegaConf.to_container(model_cfg.config, resolve=True) if model_cfg.config else {}
+    if model_cfg.pretrained and not resuming:
+        return load_pretrained(model_cfg.weights or model_cfg.name, cache_dir=cache_dir, **overrides)
+    return GPTModel(GPTConfig.from_spec(model_cfg.name, overrides))
+
+
+def instantiate_list(node: DictConfig | None) -> list:
+    return [hydra.utils.instantiate(item) for item in (node or {}).values() if item and "_target_" in item]
+
+
+def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | None:
+    """Run the job described by ``cfg``; return ``cfg.optimized_metric`` for sweepers.
+
+    ``extra_callbacks`` join the configured ones (for notebooks and tests).
+    """
+    check_accelerator(str(cfg.trainer.accelerator))
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule: InstructionDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()  # bad data fails here, before a model is built or downloaded
+    datamodule.setup()
+    model = build_model(cfg.model, cfg.paths.weights_cache, resuming=cfg.ckpt_path is not None)
+    if datamodule.max_length is None:
+        datamodule.max_length = model.cfg.context_length
+    tuner = InstructionTuner(model.cfg.to_dict(), prompt_style=datamodule.prompt_style,
+                             compile=cfg.model.compile, model=model,
+                             **OmegaConf.to_container(cfg.optimizer, resolve=True))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[*instantiate_list(cfg.get("callbacks")), *extra_callbacks],
+                                                 logger=instantiate_list(cfg.get("logger")) or False)
+    log.info("model: %s, %.1fM parameters", cfg.model.name, model.num_parameters() / 1e6)
+
+    if cfg.train:
+        trainer.fit(tuner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        save_final_last(trainer)
+    best = load_best_weights(trainer, tuner)
+    if cfg.test:
+        trainer.test(tuner, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    if trainer.is_global_zero:
+        finish_run(cfg, tuner, datamodule, output_dir, metrics, best)
+    metric = best.best_model_score if best is not None and best.monitor == cfg.optimized_metric else None
+    return float(metric) if metric is not None else metrics.get(cfg.optimized_metric)
+
+
+def save_final_last(trainer: L.Trainer) -> None:
+    """Make ``last.ckpt`` the state at the end of fit (ModelCheckpoint only saves at
+    validations, so a run stopping between two would resume from an older step)."""
+    callback = trainer.checkpoint_callback
+    if callback is None or callback.dirpath is None or not callback.save_last:
+        return
+    last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    if getattr(callback, "_last_global_step_saved", None) != trainer.global_step or not last.is_file():
+        trainer.save_checkpoint(last)
+
+
+def load_best_weights(trainer: L.Trainer, tuner: InstructionTuner) -> ModelCheckpoint | None:
+    """Put the best-by-validation weights into ``tuner`` (they, not the last, are used after)."""
+    callback = trainer.checkpoint_callback
+    if callback is None or not callback.best_model_path or not Path(callback.best_model_path).is_file():
+        return None
+    best, _ = model_from_checkpoint(callback.best_model_path)
+    tuner.model.load_state_dict(best.state_dict())
+    log.info("best checkpoint: %s (%s=%.4f)", callback.best_model_path, callback.monitor,
+             float(callback.best_model_score))
+    return callback
+
+
+def finish_run(cfg: DictConfig, tuner: InstructionTuner, datamodule: InstructionDataModule,
+               output_dir: Path, metrics: dict[str, float], best: ModelCheckpoint | None) -> None:
+    """Export, answer the test split, score and plot: the run directory's deliverables."""
+    style = datamodule.prompt_style
+    if cfg.export:
+        export_model(tuner.model, output_dir / "export", style)
+    if cfg.respond:
+        datamodule.setup()
+        settings = GenerationSettings(**OmegaConf.to_container(cfg.generation, resolve=True), seed=cfg.seed)
+        model = tuner.model.to(tuner.device).eval()
+        answered = respond(model, datamodule.datasets["test"].records, output_dir / "responses.json",
+                           style, settings)
+        scores = {**score_responses(answered),
+                  **{k: metrics[k] for k in ("test_loss", "test_ppl") if k in metrics}}
+        if best is not None:
+            scores["best_checkpoint"] = Path(best.best_model_path).name
+            scores["best_val_loss"] = float(best.best_model_score)
+        write_json(output_dir / "eval.json", scores)
+        log.info("eval: %s", scores)
+    if cfg.plot and cfg.train and (output_dir / "tensorboard").is_dir():
+        log.info("loss plot: %s", plot_losses(output_dir))

@@ -1,0 +1,87 @@
+"""``train.py`` as a user runs it: real subprocesses, real files."""
+
+import json
+
+import pytest
+
+from gpt2_lightning.plotting import read_scalars
+from tests.conftest import run_train_py
+
+TINY = ["model=tiny", "data=sample", "trainer=cpu", "trainer.max_steps=2", "respond=false",
+        "plot=false", "export=false", "test=false", "callbacks.progress_bar.refresh_rate=0"]
+
+BAD_DATA = [
+    ("", "the file is empty, it holds no records"),
+    ('[{"instruction": "a", "output": "b"},\n  {"instruction": 3, "output": "b"}]',
+     "record 1: field 'instruction' must be a string, got a JSON number"),
+    ('[{"instruction": "a"}]', "record 0: missing field 'output'"),
+    ('[{"instruction": "", "output": "b"}]', "record 0: field 'instruction' is empty"),
+    ('[{"instruction": "a", "output": "b"}', "invalid JSON at line 1, column 37: Expecting ',' delimiter"),
+    ('{"records": []}', "expected a JSON array of records (or a .jsonl file), got a JSON object"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content, message", BAD_DATA)
+def test_bad_data_is_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    result = run_train_py(*TINY, f"data.path={path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {path}: {message}"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_config_errors_stop_before_any_work(tmp_path):
+    result = run_train_py(*TINY, "data.batch_size=0", f"hydra.run.dir={tmp_path / 'a'}")
+    assert result.returncode == 2 and "error: data.batch_size must be at least 1, got 0" in result.stderr
+    result = run_train_py(*TINY, "data.split=[0.5,0.2,0.2]", f"hydra.run.dir={tmp_path / 'b'}")
+    assert result.returncode == 2 and "must be 3 non-negative numbers summing to 1" in result.stderr
+    result = run_train_py(*TINY, "data.prompt_style=chatml", f"hydra.run.dir={tmp_path / 'c'}")
+    assert result.returncode == 2 and "unknown prompt style 'chatml'" in result.stderr
+    result = run_train_py(*TINY, "model=gpt2-huge", f"hydra.run.dir={tmp_path / 'd'}")
+    assert result.returncode != 0 and "gpt2-huge" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_quickstart_runs_the_whole_pipeline(tmp_path):
+    run_dir = tmp_path / "quickstart"
+    result = run_train_py("experiment=quickstart", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("checkpoints/last.ckpt", "tensorboard", ".hydra/config.yaml", "train.log", "loss.png",
+                 "responses.json", "eval.json", "export/model.safetensors", "export/config.json"):
+        assert (run_dir / name).exists(), name
+    assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
+    responses = json.loads((run_dir / "responses.json").read_text())
+    assert len(responses) == 6 and all(isinstance(r["model_response"], str) for r in responses)
+    assert all(r["instruction"] and r["output"] for r in responses)
+    scores = json.loads((run_dir / "eval.json").read_text())
+    assert scores["n"] == 6 and 0.0 <= scores["rouge_l"] <= 1.0 and scores["test_loss"] > 0
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scalars = read_scalars(run_dir / "tensorboard")
+    assert scalars["train_loss"][-1][1] < scalars["train_loss"][0][1]
+    assert "model: gpt2-small, 124.4M parameters" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_multirun_makes_one_run_folder_per_value(tmp_path):
+    result = run_train_py("-m", *TINY, "optimizer.lr=1e-4,3e-4", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in runs] == ["0", "1"]
+    for run, lr in zip(runs, ("0.0001", "0.0003")):
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert f"lr={lr}" in (run / ".hydra" / "overrides.yaml").read_text().replace("- optimizer.", "")
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path):
+    result = run_train_py(*TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                          "trainer.max_steps=3", f"hydra.run.dir={tmp_path}")
+    # Exit code and results, not stderr noise: gloo may print at teardown.
+    assert result.returncode == 0, result.stderr[-3000:]
+    import torch
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 3

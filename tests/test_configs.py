@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import hydra
+import pytest
+from omegaconf import OmegaConf
+
+from gpt2_lightning.data import InstructionDataModule
+from gpt2_lightning.training import ConfigError, check_accelerator
+from tests.conftest import REPO_ROOT, compose_train
+
+CONF = REPO_ROOT / "conf"
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "data", "trainer", "logger", "callbacks", "experiment", "debug",
+                                   "optimizer", "hparams_search"])
+def test_every_choice_of_every_group_composes(tmp_path, group):
+    for choice in choices(group):
+        cfg = compose_train(tmp_path, f"{group}={choice}")
+        OmegaConf.resolve(cfg)  # every interpolation resolves
+        assert cfg.paths.output_dir == str(tmp_path)
+
+
+def test_default_config_instantiates_the_data_module_and_a_cpu_trainer(tmp_path):
+    cfg = compose_train(tmp_path, "trainer=cpu")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    assert isinstance(datamodule, InstructionDataModule)
+    assert Path(datamodule.path) == REPO_ROOT / "data" / "downloads" / "instruction-data.json"
+    assert (datamodule.batch_size, datamodule.split, datamodule.fields.output) == (8, [0.85, 0.05, 0.10], "output")
+    trainer = hydra.utils.instantiate(cfg.trainer)
+    assert trainer.max_epochs == 2 and trainer.accelerator.__class__.__name__ == "CPUAccelerator"
+
+
+def test_reference_experiment_is_the_reference_run(tmp_path):
+    cfg = compose_train(tmp_path, "experiment=reference")
+    assert (cfg.model.name, cfg.model.pretrained) == ("gpt2-medium", True)
+    assert (cfg.trainer.max_epochs, cfg.data.batch_size) == (2, 8)
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (5e-5, 0.1)
+
+
+def test_quickstart_is_offline(tmp_path):
+    cfg = compose_train(tmp_path, "experiment=quickstart")
+    assert cfg.model.pretrained is False and cfg.data.url is None
+    assert Path(cfg.data.path).is_file()
+
+
+def test_unavailable_devices_are_named():
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU is available here; use trainer=cpu"):
+            check_accelerator("gpu")
+    with pytest.raises(ConfigError, match="unknown trainer.accelerator='npu'"):
+        check_accelerator("npu")

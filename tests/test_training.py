@@ -1,0 +1,78 @@
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from gpt2_lightning.plotting import read_scalars
+from gpt2_lightning.training import run
+from tests.conftest import TINY_RUN, compose_train
+
+
+class Recorder(Callback):
+    """Records what a real Trainer did, step by step."""
+
+    def __init__(self):
+        self.first_step = None
+        self.grad_norms = []
+        self.batches = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches += 1
+        if self.first_step is None:
+            self.first_step = trainer.global_step
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer):
+        # Called before the next step's backward: the gradients the optimizer just used.
+        grads = [p.grad.norm() for p in pl_module.parameters() if p.grad is not None]
+        if grads:
+            self.grad_norms.append(float(torch.linalg.vector_norm(torch.stack(grads))))
+
+
+def test_loss_goes_down_and_tensorboard_has_the_scalars(tmp_path):
+    cfg = compose_train(tmp_path, *TINY_RUN, "+trainer.overfit_batches=1", "trainer.max_epochs=30",
+                        "trainer.log_every_n_steps=1", "trainer.val_check_interval=1.0",
+                        "optimizer.lr=3e-3", "data.batch_size=4")
+    best_val = run(cfg)
+    scalars = read_scalars(tmp_path / "tensorboard")
+    train = [v for _, v in scalars["train_loss"]]
+    assert len(train) == 30
+    assert train[-1] < 0.5 * train[0]
+    assert {"val_loss", "val_ppl", "tokens_per_sec", "tokens_seen", "train_loss_epoch"} <= set(scalars)
+    assert any(tag.startswith("lr-AdamW") for tag in scalars)
+    assert best_val == pytest.approx(min(v for _, v in scalars["val_loss"]), rel=1e-5)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((tmp_path / "checkpoints").glob("best-*.ckpt"))) == 1
+
+
+def test_resume_from_last_checkpoint_continues_at_the_same_step(tmp_path):
+    run(compose_train(tmp_path / "a", *TINY_RUN, "trainer.max_steps=4", "trainer.val_check_interval=2"))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] == 4 and state["optimizer_states"][0]["state"]
+
+    recorder = Recorder()
+    run(compose_train(tmp_path / "b", *TINY_RUN, "trainer.max_steps=7", "trainer.val_check_interval=2",
+                      f"ckpt_path={last}"), extra_callbacks=[recorder])
+    assert recorder.first_step == 4 and recorder.batches == 3
+    resumed = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 7
+    assert resumed["lr_schedulers"][0]["last_epoch"] == 7
+
+
+def test_gradient_clipping_bounds_the_gradient_norm(tmp_path):
+    unclipped, clipped = Recorder(), Recorder()
+    once = ("trainer.max_steps=3", "trainer.val_check_interval=1.0")  # validation zeroes the grads
+    run(compose_train(tmp_path / "a", *TINY_RUN, *once), extra_callbacks=[unclipped])
+    run(compose_train(tmp_path / "b", *TINY_RUN, *once, "trainer.gradient_clip_val=0.05"),
+        extra_callbacks=[clipped])
+    assert len(unclipped.grad_norms) == len(clipped.grad_norms) == 2
+    assert min(unclipped.grad_norms) > 0.5
+    assert max(clipped.grad_norms) == pytest.approx(0.05, rel=1e-3)
+
+
+def test_gradient_accumulation_steps_once_per_n_batches(tmp_path):
+    recorder = Recorder()
+    run(compose_train(tmp_path, *TINY_RUN, "trainer.max_epochs=1", "trainer.accumulate_grad_batches=3",
+                      "data.batch_size=4", "trainer.val_check_interval=1.0"), extra_callbacks=[recorder])
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert recorder.batches == 13  # 51 training records in batches of 4
+    assert state["global_step"] == 5  # ceil(13 / 3) optimizer steps

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from gpt2_lightning.generation import generate, sample_next, stream_tokens
+from gpt2_lightning.model import GPTConfig, GPTModel
+from gpt2_lightning.pretrained import convert_hf_state_dict, load_state_dict_checked
+from tests.hf_reference import hf_gpt2
+
+TINY = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_layers=2, n_heads=4)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    hf_model = hf_gpt2(TINY, seed=7)
+    model = GPTModel(TINY).eval()
+    load_state_dict_checked(model, convert_hf_state_dict(hf_model.state_dict()))
+    return model, hf_model
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_greedy_output_equals_hugging_face_generate(pair, use_cache):
+    model, hf_model = pair
+    idx = torch.randint(0, 50000, (1, 12), generator=torch.Generator().manual_seed(3))
+    ours = generate(model, idx, max_new_tokens=40, eos_id=None, use_cache=use_cache)
+    theirs = hf_model.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=40, do_sample=False,
+                               pad_token_id=50256, eos_token_id=None)
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_cached_and_uncached_sampling_agree_with_the_same_seed(pair):
+    model, _ = pair
+    idx = torch.randint(0, 50000, (2, 5), generator=torch.Generator().manual_seed(4))
+    runs = [generate(model, idx, 30, temperature=0.9, top_k=50, top_p=0.95, eos_id=None, use_cache=cache,
+                     generator=torch.Generator().manual_seed(11)) for cache in (True, False, True)]
+    assert runs[0].tolist() == runs[1].tolist() == runs[2].tolist()
+    other = generate(model, idx, 30, temperature=0.9, eos_id=None, generator=torch.Generator().manual_seed(12))
+    assert other.tolist() != runs[0].tolist()
+
+
+def test_stops_at_end_of_text_and_respects_the_context_length(pair):
+    model, _ = pair
+    idx = torch.randint(0, 50000, (1, 6), generator=torch.Generator().manual_seed(5))
+    full = generate(model, idx, 20, eos_id=None)
+    stop_token = int(full[0, 9])  # pretend this token is <|endoftext|>
+    first = 6 + full[0, 6:].tolist().index(stop_token)
+    stopped = generate(model, idx, 20, eos_id=stop_token)
+    assert stopped.tolist() == full[:, :first].tolist()  # like the reference: eos not appended
+    long = torch.zeros(1, TINY.context_length - 3, dtype=torch.long)
+    assert generate(model, long, 50, eos_id=None).shape[1] == TINY.context_length
+
+
+def test_finished_rows_of_a_batch_are_filled_with_end_of_text(pair):
+    model, _ = pair
+    idx = torch.randint(0, 50000, (2, 6), generator=torch.Generator().manual_seed(6))
+    free = generate(model, idx, 10, eos_id=None)
+    eos = int(free[0, 8])
+    first = free[0, 6:].tolist().index(eos)
+    out = generate(model, idx, 10, eos_id=eos)
+    row0 = out[0, 6:].tolist()
+    assert row0[:first + 1] == free[0, 6:7 + first].tolist() and set(row0[first:]) == {eos}
+
+
+def test_top_k_and_top_p_only_sample_allowed_tokens():
+    logits = torch.tensor([[5.0, 4.0, 3.0, -10.0, -10.0]]).repeat(500, 1)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, 1.0, top_k=2, generator=gen).flatten().tolist()) == {0, 1}
+    # p(0) = 0.66, p(1) = 0.24: top_p=0.8 keeps tokens 0 and 1 only.
+    assert set(sample_next(logits, 1.0, top_p=0.8, generator=gen).flatten().tolist()) == {0, 1}
+    assert set(sample_next(logits, 1.0, top_p=0.5, generator=gen).flatten().tolist()) == {0}
+    assert sample_next(logits[:1], 0.0).tolist() == [[0]]
+
+
+def test_stream_yields_one_token_at_a_time(pair):
+    model, _ = pair
+    idx = torch.randint(0, 50000, (1, 4), generator=torch.Generator().manual_seed(8))
+    steps = list(stream_tokens(model, idx, 7, eos_id=None))
+    assert len(steps) == 7 and all(s.shape == (1, 1) for s in steps)
+    assert torch.cat([idx, *steps], 1).tolist() == generate(model, idx, 7, eos_id=None).tolist()

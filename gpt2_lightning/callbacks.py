@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from gpt2_lightning.generation import generate
-from gpt2_lightning.prompts import get_style
-from gpt2_lightning.tokenizer import decode, encode
+from gpt2_lightning.prompts import format_prompt
+from gpt2_lightning.respond import GenerationSettings, answer_batch
 
 
 class ResponseSample(L.Callback):
@@ -23,12 +21,10 @@ class ResponseSample(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        style = get_style(pl_module.hparams.prompt_style)
-        prompt = style.prompt(self.record)
-        idx = torch.tensor([encode(prompt)], device=pl_module.device)
-        out = generate(pl_module.model, idx, self.max_new_tokens)
-        answer = style.extract(decode(out[0, idx.shape[1]:].tolist()))
+        style = pl_module.hparams.prompt_style
+        settings = GenerationSettings(max_new_tokens=self.max_new_tokens)
+        [answer] = answer_batch(pl_module.model, [self.record], style, settings)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                text = f"**{prompt.strip()}**\n\n{answer}".replace("\n", "  \n")
+                text = f"**{format_prompt(self.record, style).strip()}**\n\n{answer}".replace("\n", "  \n")
                 logger.experiment.add_text("sample_response", text, trainer.global_step)

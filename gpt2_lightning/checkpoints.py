@@ -16,8 +16,8 @@ import torch
 
 from gpt2_lightning.io import atomic_write, write_json
 from gpt2_lightning.model import GPTConfig, GPTModel
-from gpt2_lightning.pretrained import (WEIGHTS_FILE, CheckpointMismatchError, load_state_dict_checked,
-                                       read_safetensors)
+from gpt2_lightning.pretrained import (WEIGHTS_FILE, CheckpointMismatchError, load_pretrained,
+                                       load_state_dict_checked, read_safetensors)
 
 CONFIG_FILE = "config.json"
 FORMAT = "gpt2-lightning"
@@ -94,3 +94,24 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[GPTModel, dict[str, 
     return model.eval(), {"model": model.cfg.to_dict(), "prompt_style": hparams.get("prompt_style", "alpaca")}
 
 
+
+
+def load_model(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+               ) -> tuple[GPTModel, dict[str, Any]]:
+    """A model in eval mode and its metadata (``prompt_style``) from whatever a user has:
+    an export folder, a run directory (its export, else its best or last checkpoint), a
+    Lightning ``.ckpt``, or GPT-2 weights (a size name, safetensors file or folder, URL;
+    these have no prompt style of their own and get ``alpaca``)."""
+    path = Path(spec)
+    if path.is_dir():
+        for folder in (path, path / "export"):
+            if is_export(folder):
+                return load_export(folder)
+        candidates = sorted((path / "checkpoints").glob("best-*.ckpt")) + [path / "checkpoints" / "last.ckpt"]
+        for checkpoint in candidates:
+            if checkpoint.is_file():
+                return model_from_checkpoint(checkpoint)
+    elif path.suffix == ".ckpt":
+        return model_from_checkpoint(path)
+    model = load_pretrained(spec, cache_dir)
+    return model.eval(), {"model": model.cfg.to_dict(), "prompt_style": "alpaca"}

@@ -7,15 +7,22 @@ import os
 import sys
 from collections.abc import Iterator
 
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-
 from gpt2_lightning.download import DownloadError
+from gpt2_lightning.judge import JudgeError
 from gpt2_lightning.records import DataError
 from gpt2_lightning.tokenizer import TokenizerUnavailableError
 
 # Errors that mean "the input or the settings are wrong", not "the program is wrong".
-USER_ERRORS = (DataError, DownloadError, TokenizerUnavailableError, MisconfigurationException,
-               ValueError, FileNotFoundError, PermissionError)
+USER_ERRORS = (DataError, DownloadError, TokenizerUnavailableError, JudgeError, ValueError,
+               FileNotFoundError, PermissionError)
+
+
+def is_user_error(err: BaseException) -> bool:
+    if isinstance(err, USER_ERRORS):
+        return True
+    # Lightning's settings errors; only raised where lightning was imported (not in chat).
+    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return lightning is not None and isinstance(err, lightning.MisconfigurationException)
 
 
 def root_cause(err: BaseException) -> BaseException:
@@ -32,7 +39,7 @@ def exit_on_user_error() -> Iterator[None]:
         yield
     except Exception as err:
         cause = root_cause(err)
-        if not isinstance(cause, USER_ERRORS) or os.environ.get("GPT2_LIGHTNING_DEBUG"):
+        if not is_user_error(cause) or os.environ.get("GPT2_LIGHTNING_DEBUG"):
             raise
         message = str(cause) if not isinstance(cause, OSError) or not cause.filename else \
             f"{cause.filename}: {cause.strerror}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -33,9 +33,16 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
 @torch.inference_mode()
 def stream_tokens(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                   top_k: int | None = None, top_p: float | None = None, eos_id: int | None = EOT_ID,
-                  use_cache: bool = True, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+                  use_cache: bool = True, generator: torch.Generator | None = None,
+                  pad_lengths: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token ids ``[B, 1]`` one step at a time, until every row has produced
-    ``eos_id`` or ``max_new_tokens`` (bounded by the context length) are out."""
+    ``eos_id`` or ``max_new_tokens`` (bounded by the context length) are out.
+
+    ``pad_lengths [B]``: the rows of ``idx`` are left-padded by that many tokens (which are
+    ignored); needs the cache.
+    """
+    if pad_lengths is not None and not use_cache:
+        raise ValueError("left-padded batches need use_cache=True")
     context = model.cfg.context_length
     max_new_tokens = max(0, min(max_new_tokens, context - idx.shape[1]))
     if max_new_tokens == 0:
@@ -43,7 +50,7 @@ def stream_tokens(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, tempe
     was_training = model.training
     model.eval()
     try:
-        cache = model.new_cache(idx.shape[0], idx.shape[1] + max_new_tokens) if use_cache else None
+        cache = model.new_cache(idx.shape[0], idx.shape[1] + max_new_tokens, pad_lengths) if use_cache else None
         finished = torch.zeros(idx.shape[0], 1, dtype=torch.bool, device=idx.device)
         logits = model(idx, cache)[:, -1]
         for step in range(max_new_tokens):
@@ -76,3 +83,27 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, temperatur
     if new and idx.shape[0] == 1 and eos_id is not None and int(new[-1]) == eos_id:
         new.pop()
     return torch.cat([idx, *new], dim=1)
+
+
+def generate_batch(model: GPTModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                   eos_id: int | None = EOT_ID, generator: torch.Generator | None = None) -> list[list[int]]:
+    """New tokens for each of several prompts of any lengths, decoded together.
+
+    The prompts are left-padded into one batch (the padding is masked out of attention
+    and positions), so each answer is what ``generate`` would give for its prompt alone.
+    The returned lists stop before ``eos_id``.
+    """
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    pad = eos_id if eos_id is not None else 0
+    idx = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+    pad_lengths = torch.tensor([width - len(p) for p in prompts], device=device)
+    steps = list(stream_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
+                               use_cache=True, generator=generator, pad_lengths=pad_lengths))
+    if not steps:
+        return [[] for _ in prompts]
+    new = torch.cat(steps, dim=1).tolist()
+    return [row[:row.index(eos_id)] if eos_id in row else row for row in new]

@@ -98,10 +98,13 @@ class KVCache:
 
     Preallocated to ``max_length`` positions so that decoding a token writes in place
     instead of concatenating; ``length`` is how many positions are filled.
+    ``pad_lengths [B]`` marks a left-padded batch: row ``b``'s first ``pad_lengths[b]``
+    positions are padding, never attended to, and its positions count from after them.
     """
 
     def __init__(self, cfg: GPTConfig, batch_size: int, max_length: int | None = None,
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                 pad_lengths: torch.Tensor | None = None):
         max_length = max_length or cfg.context_length
         if max_length > cfg.context_length:
             raise ValueError(f"KV cache of {max_length} positions exceeds the context length "
@@ -111,6 +114,7 @@ class KVCache:
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.max_length = max_length
         self.length = 0
+        self.pad_lengths = pad_lengths.to(device) if pad_lengths is not None else None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions of ``layer`` and return all cached keys and values."""
@@ -136,25 +140,36 @@ class CausalSelfAttention(nn.Module):
         self.drop_rate = cfg.drop_rate
         self.resid_drop = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, seq, emb = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        mask, is_causal = None, True
+        is_causal = mask is None and (cache is None or cache.length == 0) and seq > 1
         if cache is not None:
-            past = cache.length
             k, v = cache.update(layer, k, v)
-            if past > 0:
-                is_causal = False
-                if seq > 1:  # new queries see every cached key and the new keys up to themselves
-                    key_pos = torch.arange(past + seq, device=x.device)
-                    query_pos = torch.arange(past, past + seq, device=x.device)
-                    mask = key_pos[None, :] <= query_pos[:, None]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.drop_rate if self.training else 0.0,
         )
         y = y.transpose(1, 2).reshape(batch, seq, emb)
         return self.resid_drop(self.out_proj(y))
+
+
+def _attention_mask(start: int, seq: int, pad_lengths: torch.Tensor | None,
+                    device: torch.device) -> torch.Tensor | None:
+    """Which keys each of the ``seq`` new queries (after ``start`` cached positions) may
+    see (True: attend), or None when SDPA's causal flag, or no mask at all (a single
+    query), says the same."""
+    if pad_lengths is None and (start == 0 or seq == 1):
+        return None
+    query_pos = torch.arange(start, start + seq, device=device)
+    key_pos = torch.arange(start + seq, device=device)
+    mask = key_pos[None, :] <= query_pos[:, None]  # [T, S] causal
+    if pad_lengths is not None:  # [B, 1, T, S]: no padding key, but a pad query sees itself
+        not_pad = key_pos[None, :] >= pad_lengths[:, None]
+        mask = (mask[None] & not_pad[:, None, :]) | (key_pos[None, None, :] == query_pos[None, :, None])
+        mask = mask[:, None]
+    return mask
 
 
 class FeedForward(nn.Module):
@@ -176,8 +191,9 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
         self.ff = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.att(self.norm1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.att(self.norm1(x), cache, layer, mask)
         return x + self.ff(self.norm2(x))
 
 
@@ -212,9 +228,11 @@ class GPTModel(nn.Module):
         """Trainable parameters, a tied head counted once (the published GPT-2 sizes)."""
         return sum(p.numel() for p in self.parameters())
 
-    def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
+    def new_cache(self, batch_size: int, max_length: int | None = None,
+                  pad_lengths: torch.Tensor | None = None) -> KVCache:
         param = self.tok_emb.weight
-        return KVCache(self.cfg, batch_size, max_length, device=param.device, dtype=param.dtype)
+        return KVCache(self.cfg, batch_size, max_length, device=param.device, dtype=param.dtype,
+                       pad_lengths=pad_lengths)
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final-normed hidden states ``[B, T, emb_dim]`` (the input of the LM head)."""
@@ -223,9 +241,14 @@ class GPTModel(nn.Module):
             idx = idx.long()
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + idx.shape[1], device=idx.device)
+        mask = None
+        if cache is not None:
+            mask = _attention_mask(start, idx.shape[1], cache.pad_lengths, idx.device)
+            if cache.pad_lengths is not None:
+                positions = (positions[None, :] - cache.pad_lengths[:, None]).clamp(min=0)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, mask)
         if cache is not None:
             cache.advance(idx.shape[1])
         return self.final_norm(x)

@@ -7,7 +7,7 @@ be masked out of the loss and generation can start exactly where the answer begi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -22,6 +22,8 @@ class PromptStyle:
     """Text that ends the prompt; the answer follows it."""
     stop_strings: tuple[str, ...]
     """Generated text is cut at the first of these (the model starting a new turn)."""
+    multi_turn: bool = False
+    """Earlier turns can precede the prompt (chat history)."""
 
     def prompt(self, record: Mapping[str, str]) -> str:
         extra = f"{self.input_prefix}{record['input']}" if record.get("input") else ""
@@ -29,6 +31,13 @@ class PromptStyle:
 
     def response(self, record: Mapping[str, str]) -> str:
         return record["output"]
+
+    def conversation(self, history: Sequence[tuple[str, str]], instruction: str) -> str:
+        """The prompt for ``instruction`` after the ``(instruction, answer)`` turns of
+        ``history``; styles without turns see the instruction alone."""
+        turns = history if self.multi_turn else ()
+        earlier = "".join(f"{self.prompt({'instruction': q})}{a}\n" for q, a in turns)
+        return earlier + self.prompt({"instruction": instruction})
 
     def extract(self, text: str) -> str:
         """The answer in ``text``: after the response header when the text holds the
@@ -58,6 +67,7 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
         input_prefix="\n",
         response_header="\n\n<|assistant|>\n",
         stop_strings=("<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"),
+        multi_turn=True,
     ),
 }
 

@@ -6,17 +6,23 @@ answered batch: an interrupted run resumes after the last saved record.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import hydra
 import torch
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from gpt2_lightning.generation import generate
+from gpt2_lightning.checkpoints import load_model
+from gpt2_lightning.cli import exit_on_user_error
+from gpt2_lightning.generation import generate_batch
 from gpt2_lightning.io import write_json
+from gpt2_lightning.records import DataError, load_records
 from gpt2_lightning.model import GPTModel
 from gpt2_lightning.prompts import PromptStyle, get_style
 from gpt2_lightning.tokenizer import decode, encode
@@ -32,17 +38,16 @@ class GenerationSettings:
     seed: int = 123
 
 
-def answer(model: GPTModel, record: dict, style: str | PromptStyle = "alpaca",
-           settings: GenerationSettings = GenerationSettings(),
-           generator: torch.Generator | None = None) -> str:
-    """The model's extracted answer to one record."""
+def answer_batch(model: GPTModel, records: Sequence[dict], style: str | PromptStyle = "alpaca",
+                 settings: GenerationSettings = GenerationSettings(),
+                 generator: torch.Generator | None = None) -> list[str]:
+    """The model's extracted answers to ``records``, generated as one batch."""
     style = get_style(style)
-    device = next(model.parameters()).device
-    prompt_ids = encode(style.prompt(record))[-model.cfg.context_length + 1:]
-    idx = torch.tensor([prompt_ids], device=device)
-    out = generate(model, idx, settings.max_new_tokens, settings.temperature, settings.top_k,
-                   settings.top_p, generator=generator)
-    return style.extract(decode(out[0, len(prompt_ids):].tolist()))
+    keep = max(1, model.cfg.context_length - settings.max_new_tokens)  # room to answer
+    prompts = [encode(style.prompt(record))[-keep:] for record in records]
+    new = generate_batch(model, prompts, settings.max_new_tokens, settings.temperature, settings.top_k,
+                         settings.top_p, generator=generator)
+    return [style.extract(decode(ids)) for ids in new]
 
 
 def _finished_prefix(path: Path, records: Sequence[dict]) -> list[dict]:
@@ -75,11 +80,75 @@ def respond(model: GPTModel, records: Sequence[dict], path: str | os.PathLike,
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(settings.seed)
     todo = records[len(results):]
     with tqdm(total=len(records), initial=len(results), desc="responses", disable=not progress) as bar:
-        for i, record in enumerate(todo, start=1):
-            results.append({**record, "model_response": answer(model, record, style, settings, generator)})
-            bar.update(1)
-            if i % settings.batch_size == 0 or i == len(todo):
-                write_json(path, results)
+        for start in range(0, len(todo), settings.batch_size):
+            batch = todo[start:start + settings.batch_size]
+            answers = answer_batch(model, batch, style, settings, generator)
+            results += [{**record, "model_response": text} for record, text in zip(batch, answers)]
+            write_json(path, results)  # after every batch: an interruption loses one batch at most
+            bar.update(len(batch))
     if not todo:
         write_json(path, results)
     return results
+
+
+def read_instructions(path: Path) -> list[dict]:
+    """Records to answer: a JSON / JSONL file of records, or plain text with one
+    instruction per line (custom instructions)."""
+    if path.suffix in (".json", ".jsonl"):
+        return load_records(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    records = [{"instruction": line.strip(), "input": "", "output": ""} for line in lines if line.strip()]
+    if not records:
+        raise DataError(f"{path}: no instructions (one per line)")
+    return records
+
+
+def run_test_split(run_dir: Path) -> list[dict]:
+    """The test records of a training run, split again from its saved data config."""
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no .hydra/config.yaml); give --records")
+    os.environ.setdefault("PROJECT_ROOT", str(Path.cwd()))
+    cfg = OmegaConf.load(config)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup()
+    return datamodule.datasets["test"].records
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """gpt2-respond MODEL [--records FILE] [--out FILE]"""
+    parser = argparse.ArgumentParser(
+        prog="gpt2-respond", description="Answer instructions with a model and save them as JSON "
+        "(resumes an interrupted file). Without --records, MODEL must be a run directory: its "
+        "test split is answered into <run>/responses.json.")
+    parser.add_argument("model", type=Path, help="run directory, export folder, .ckpt, or GPT-2 weights")
+    parser.add_argument("--records", type=Path, help="JSON/JSONL records, or a text file of instructions")
+    parser.add_argument("--out", type=Path, help="output JSON (default: <run>/responses.json, or "
+                        "<records>-responses.json)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        if args.records is None:
+            records = run_test_split(args.model)
+            out = args.out or args.model / "responses.json"
+        else:
+            records = read_instructions(args.records)
+            out = args.out or args.records.with_name(f"{args.records.stem}-responses.json")
+        model, meta = load_model(args.model)
+        settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                                      args.batch_size, args.seed)
+        answered = respond(model.to(args.device), records, out, meta["prompt_style"], settings)
+        print(f"{len(answered)} responses in {out}")
+
+
+if __name__ == "__main__":
+    main()

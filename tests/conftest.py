@@ -54,3 +54,16 @@ def run_train_py(*args: str, cwd: Path = REPO_ROOT, timeout: float = 600):
 
     return subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> Path:
+    """A tiny random GPT-2 exported as model.safetensors + config.json (alpaca style)."""
+    import torch
+
+    from gpt2_lightning.checkpoints import export_model
+    from gpt2_lightning.model import GPTConfig, GPTModel
+
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=50257, context_length=256, emb_dim=64, n_layers=2, n_heads=4))
+    return export_model(model, tmp_path_factory.mktemp("export"), prompt_style="alpaca")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gpt2_lightning.generation import generate, sample_next, stream_tokens
+from gpt2_lightning.generation import generate, generate_batch, sample_next, stream_tokens
 from gpt2_lightning.model import GPTConfig, GPTModel
 from gpt2_lightning.pretrained import convert_hf_state_dict, load_state_dict_checked
 from tests.hf_reference import hf_gpt2
@@ -76,3 +76,14 @@ def test_stream_yields_one_token_at_a_time(pair):
     steps = list(stream_tokens(model, idx, 7, eos_id=None))
     assert len(steps) == 7 and all(s.shape == (1, 1) for s in steps)
     assert torch.cat([idx, *steps], 1).tolist() == generate(model, idx, 7, eos_id=None).tolist()
+
+
+def test_batched_prompts_of_different_lengths_answer_as_alone(pair):
+    model, _ = pair
+    gen = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(0, 50000, (n,), generator=gen).tolist() for n in (3, 11, 7, 1)]
+    alone = [generate(model, torch.tensor([p]), 15, eos_id=None)[0, len(p):].tolist() for p in prompts]
+    assert generate_batch(model, prompts, 15, eos_id=None) == alone
+    eos = alone[1][4]
+    stopped = generate_batch(model, prompts, 15, eos_id=eos)
+    assert stopped[1] == alone[1][:alone[1].index(eos)]

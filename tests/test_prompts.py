@@ -1,6 +1,6 @@
 import pytest
 
-from gpt2_lightning.prompts import extract_response, format_example, format_prompt
+from gpt2_lightning.prompts import extract_response, format_example, format_prompt, get_style
 
 WITH_INPUT = {"instruction": "Rewrite the sentence in passive voice.", "input": "The dog chased the ball.",
               "output": "The ball was chased by the dog."}
@@ -35,3 +35,12 @@ def test_extract_response_drops_prompt_header_and_next_turn(style):
 def test_unknown_style_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown prompt style 'chatml'; choose one of alpaca, phi3"):
         format_prompt(NO_INPUT, "chatml")
+
+
+def test_conversation_keeps_history_only_where_the_style_has_turns():
+    history = [("Hi", "Hello!")]
+    assert format_prompt({"instruction": "Bye"}, "alpaca") == \
+        get_style("alpaca").conversation(history, "Bye")
+    phi3 = get_style("phi3")
+    assert phi3.conversation(history, "Bye") == \
+        "<|user|>\nHi\n\n<|assistant|>\nHello!\n<|user|>\nBye\n\n<|assistant|>\n"

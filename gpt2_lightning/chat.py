@@ -1,0 +1,234 @@
+"""Talk to a fine-tuned model in the terminal: gpt2-chat MODEL [--prompt TEXT]
+
+MODEL is a run directory, an export folder, a ``.ckpt`` file, or GPT-2 weights. Answers
+stream as they are generated; Ctrl-C stops an answer, not the program; /help lists the
+commands. ``--prompt TEXT`` (or ``--prompt -`` to read standard input) answers once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from gpt2_lightning.checkpoints import load_model
+from gpt2_lightning.cli import exit_on_user_error
+from gpt2_lightning.generation import stream_tokens
+from gpt2_lightning.io import write_json
+from gpt2_lightning.model import GPTModel
+from gpt2_lightning.prompts import PromptStyle, get_style
+from gpt2_lightning.tokenizer import decode, encode
+
+HELP = """commands:
+  /new                 start a new conversation (forget the history)
+  /history             show the conversation so far
+  /retry               answer the last message again
+  /set NAME VALUE      temperature, top_k, top_p, max_tokens or seed (top_k/top_p: 'off' to disable)
+  /settings            show the generation settings
+  /save FILE           save the conversation as JSON
+  /help                this list
+  /quit                leave (also Ctrl-D)"""
+
+
+@dataclass
+class ChatSettings:
+    temperature: float = 0.7
+    top_k: int | None = 50
+    top_p: float | None = None
+    max_tokens: int = 200
+    seed: int | None = None
+
+    def set(self, name: str, value: str) -> None:
+        """Change one setting from its text form; a ``ValueError`` says what is allowed."""
+        if name not in ("temperature", "top_k", "top_p", "max_tokens", "seed"):
+            raise ValueError(f"unknown setting {name!r}; use temperature, top_k, top_p, max_tokens or seed")
+        if value.lower() in ("off", "none") and name in ("top_k", "top_p", "seed"):
+            setattr(self, name, None)
+            return
+        try:
+            number = float(value) if name in ("temperature", "top_p") else int(value)
+        except ValueError:
+            raise ValueError(f"{name} needs a number, got {value!r}") from None
+        if (name == "temperature" and number < 0) or (name == "top_p" and not 0 < number <= 1) or \
+                (name in ("top_k", "max_tokens") and number < 1):
+            raise ValueError(f"{name}={value} is out of range")
+        setattr(self, name, number)
+
+
+@dataclass
+class ChatSession:
+    """A conversation with one model: history, settings, streaming answers."""
+
+    model: GPTModel
+    style: PromptStyle
+    settings: ChatSettings = field(default_factory=ChatSettings)
+    history: list[tuple[str, str]] = field(default_factory=list)
+
+    def prompt_ids(self, message: str) -> list[int]:
+        """The prompt of ``message`` with as much history as fits beside the answer."""
+        room = self.model.cfg.context_length - min(self.settings.max_tokens, self.model.cfg.context_length // 2)
+        for start in range(len(self.history) + 1):
+            ids = encode(self.style.conversation(self.history[start:], message))
+            if len(ids) <= room:
+                return ids
+        return ids[-room:]
+
+    def stream(self, message: str) -> Iterator[str]:
+        """Yield the answer to ``message`` in pieces of text as tokens arrive. Text that
+        may be the start of a stop string is held back until it is known not to be. The
+        history records the answer when the stream ends or is stopped (Ctrl-C)."""
+        ids = self.prompt_ids(message)
+        device = next(self.model.parameters()).device
+        generator = None
+        if self.settings.temperature > 0:
+            generator = torch.Generator(device=device)
+            if self.settings.seed is not None:
+                generator.manual_seed(self.settings.seed)
+            else:
+                generator.seed()
+        new: list[int] = []
+        shown = ""
+        try:
+            for token in stream_tokens(self.model, torch.tensor([ids], device=device), self.settings.max_tokens,
+                                       self.settings.temperature, self.settings.top_k, self.settings.top_p,
+                                       generator=generator):
+                new.append(int(token))
+                text, stopped = self._visible(decode(new).lstrip())
+                if stopped or not text.endswith("\ufffd"):  # whole characters only
+                    if not stopped:
+                        text = text[:len(text) - self._held_back(text)]
+                    if len(text) > len(shown):
+                        yield text[len(shown):]
+                        shown = text
+                if stopped:
+                    break
+            else:
+                text, _ = self._visible(decode(new).lstrip())
+                if len(text) > len(shown):
+                    yield text[len(shown):]
+                    shown = text
+        finally:
+            self.history.append((message, shown.strip()))
+
+    def _visible(self, raw: str) -> tuple[str, bool]:
+        """``raw`` up to the first stop string, and whether there was one."""
+        cuts = [raw.find(stop) for stop in self.style.stop_strings if stop in raw]
+        return (raw[:min(cuts)], True) if cuts else (raw, False)
+
+    def _held_back(self, text: str) -> int:
+        """How many trailing characters of ``text`` could begin a stop string."""
+        return max((k for stop in self.style.stop_strings for k in range(1, len(stop))
+                    if text.endswith(stop[:k])), default=0)
+
+
+def run_repl(session: ChatSession, stdin, stdout) -> int:
+    """The interactive loop; returns the exit code."""
+    interactive = stdin.isatty()
+    last_message = None
+    while True:
+        if interactive:
+            stdout.write("\n>>> ")
+            stdout.flush()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            stdout.write("\n(use /quit to leave)\n")
+            continue
+        if not line:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, *args = line[1:].split(maxsplit=2)
+            if command in ("quit", "exit", "q"):
+                return 0
+            if command == "retry":
+                if last_message is None:
+                    stdout.write("nothing to retry yet\n")
+                    continue
+                session.history.pop()
+                line = last_message
+            else:
+                stdout.write(run_command(session, command, args) + "\n")
+                stdout.flush()
+                continue
+        last_message = line
+        try:
+            for piece in session.stream(line):
+                stdout.write(piece)
+                stdout.flush()
+        except KeyboardInterrupt:
+            stdout.write(" [stopped]")
+        stdout.write("\n")
+        stdout.flush()
+
+
+def run_command(session: ChatSession, command: str, args: list[str]) -> str:
+    """Carry out a slash command other than /quit and /retry; return what to print."""
+    if command == "help":
+        return HELP
+    if command == "new":
+        session.history.clear()
+        return "new conversation"
+    if command == "history":
+        return "\n".join(f"you: {q}\nmodel: {a}" for q, a in session.history) or "(empty)"
+    if command == "settings":
+        return ", ".join(f"{k}={v}" for k, v in asdict(session.settings).items())
+    if command == "set":
+        if len(args) != 2:
+            return "usage: /set NAME VALUE"
+        try:
+            session.settings.set(args[0], args[1])
+        except ValueError as err:
+            return f"error: {err}"
+        return f"{args[0]}={getattr(session.settings, args[0])}"
+    if command == "save":
+        if not args:
+            return "usage: /save FILE"
+        path = Path(" ".join(args)).expanduser()
+        try:
+            write_json(path, {"prompt_style": session.style.name, "settings": asdict(session.settings),
+                              "turns": [{"user": q, "assistant": a} for q, a in session.history]})
+        except OSError as err:
+            return f"error: cannot write {path}: {err.strerror}"
+        return f"saved {len(session.history)} turns to {path}"
+    return f"unknown command /{command}; /help lists them"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gpt2-chat", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=HELP)
+    parser.add_argument("model", help="run directory, export folder, .ckpt, or GPT-2 weights / size name")
+    parser.add_argument("--prompt", help="answer this once and exit ('-': read it from standard input)")
+    parser.add_argument("--style", help="prompt style (default: the one the model was trained with)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--max-tokens", type=int, default=200)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        model, meta = load_model(args.model)
+        settings = ChatSettings(args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed)
+        session = ChatSession(model.to(args.device), get_style(args.style or meta["prompt_style"]), settings)
+        if args.prompt is not None:
+            message = sys.stdin.read() if args.prompt == "-" else args.prompt
+            for piece in session.stream(message.strip()):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return
+        if sys.stdin.isatty():
+            print(f"gpt2-chat: {args.model} ({model.num_parameters() / 1e6:.0f}M parameters, "
+                  f"{session.style.name} prompts). /help for commands, /quit to leave.")
+        sys.exit(run_repl(session, sys.stdin, sys.stdout))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from gpt2_lightning.evaluate import exact_match, main, rouge_l, score_responses
+from gpt2_lightning.judge import Judge, JudgeError, judge_prompt, parse_score
+
+
+def test_rouge_l_and_exact_match():
+    assert rouge_l("The capital is Paris.", "the capital is paris") == 1.0
+    # LCS "the cat the mat" = 4 words; precision 4/6, recall 4/6.
+    assert rouge_l("the cat sat on the mat", "the cat lay near the mat") == pytest.approx(4 / 6)
+    assert rouge_l("", "") == 1.0 and rouge_l("x", "") == 0.0 and rouge_l("a b", "c d") == 0.0
+    assert exact_match(" Red. ", "red") and not exact_match("red blue", "red")
+    scores = score_responses([{"output": "Red.", "model_response": "red"},
+                              {"output": "Blue sky", "model_response": ""}])
+    assert scores == {"n": 2, "exact_match": 0.5, "rouge_l": 0.5, "empty_responses": 1}
+
+
+class FakeJudge:
+    """A real HTTP server on 127.0.0.1 speaking Ollama's or OpenAI's chat API."""
+
+    def __init__(self, reply: str):
+        self.prompts = []
+        judge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                judge.prompts.append((self.path, body))
+                content = reply
+                data = ({"message": {"role": "assistant", "content": content}} if self.path == "/api/chat"
+                        else {"choices": [{"message": {"role": "assistant", "content": content}}]})
+                payload = json.dumps(data).encode()
+                self.send_response(200 if self.path in ("/api/chat", "/v1/chat/completions") else 404)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+RECORD = {"instruction": "Name a color.", "input": "", "output": "Red.", "model_response": "Blue."}
+
+
+@pytest.mark.parametrize("suffix, path", [("", "/api/chat"), ("/v1", "/v1/chat/completions")])
+def test_judge_scores_through_ollama_and_openai_apis(suffix, path):
+    server = FakeJudge("Score: 85")
+    try:
+        assert Judge(server.url + suffix, "llama3").score([RECORD, RECORD]) == [85, 85]
+    finally:
+        server.close()
+    sent_path, body = server.prompts[0]
+    assert sent_path == path and body["model"] == "llama3"
+    assert body["messages"][0]["content"] == judge_prompt(RECORD)
+    assert "score the model response `Blue.`" in judge_prompt(RECORD)
+
+
+def test_unreachable_judge_is_a_clear_error():
+    with pytest.raises(JudgeError, match=r"no LLM judge answers at http://127.0.0.1:9/api/chat"):
+        Judge("http://127.0.0.1:9").ask("hi")
+    assert parse_score("I'd say 250") == 100 and parse_score("no idea") is None
+
+
+def test_eval_command_keeps_training_metrics_and_adds_judge(tmp_path, capsys):
+    responses = tmp_path / "responses.json"
+    responses.write_text(json.dumps([RECORD]))
+    (tmp_path / "eval.json").write_text(json.dumps({"test_loss": 1.5}))
+    server = FakeJudge("70")
+    try:
+        main([str(responses), "--judge-url", server.url])
+    finally:
+        server.close()
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert scores["test_loss"] == 1.5 and scores["n"] == 1 and scores["judge"]["scores"] == [70]
+    assert "mean score: 70" in capsys.readouterr().out

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+from pathlib import Path
+
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gpt2_lightning.prompts import format_prompt
 from gpt2_lightning.respond import GenerationSettings, answer_batch
+
+log = logging.getLogger(__name__)
 
 
 class ResponseSample(L.Callback):
@@ -28,3 +36,49 @@ class ResponseSample(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 text = f"**{format_prompt(self.record, style).strip()}**\n\n{answer}".replace("\n", "  \n")
                 logger.experiment.add_text("sample_response", text, trainer.global_step)
+
+
+class GracefulStop(L.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM: finish the current batch, save ``last.ckpt``, stop.
+
+    Lightning already turns SIGTERM into a stop after the batch; SIGINT is routed the same
+    way instead of raising ``KeyboardInterrupt`` mid-step (a second Ctrl-C still does).
+    """
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous_handler = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def request_stop(signum, frame):
+            if self.signal is not None:  # second press: stop now
+                raise KeyboardInterrupt
+            self.signal = signum
+            log.warning("stopping after this batch (Ctrl-C again to stop at once)")
+            trainer._signal_connector.received_sigterm = True  # Lightning's stop-after-batch flag
+
+        self._previous_handler = signal.signal(signal.SIGINT, request_stop)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        if self.signal is None:
+            self.signal = signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT
+        callback = trainer.checkpoint_callback
+        if callback is not None and callback.dirpath is not None:
+            path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+            trainer.save_checkpoint(path)
+            log.warning("interrupted at step %d; saved %s (resume with ckpt_path=%s)",
+                        trainer.global_step, path, path)
+
+    def _restore(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None

@@ -1,7 +1,8 @@
 """Reading checkpoints, and exporting fine-tuned weights for use without Lightning.
 
-An export is a folder with ``model.safetensors`` and ``config.json``; the config carries the model shape and the prompt style the model was trained
-with, so whoever loads the export uses the same template without being told.
+An export is a folder with ``model.safetensors`` and ``config.json``; the config carries
+the model shape and the prompt style the model was trained with, so whoever loads the
+export uses the same template without being told.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ from typing import Any
 
 import safetensors.torch
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from gpt2_lightning.io import atomic_write, write_json
 from gpt2_lightning.model import GPTConfig, GPTModel
-from gpt2_lightning.pretrained import (WEIGHTS_FILE, CheckpointMismatchError, load_pretrained,
-                                       load_state_dict_checked, read_safetensors)
+from gpt2_lightning.pretrained import (
+    WEIGHTS_FILE,
+    CheckpointMismatchError,
+    load_pretrained,
+    load_state_dict_checked,
+    read_safetensors,
+)
 
 CONFIG_FILE = "config.json"
 FORMAT = "gpt2-lightning"
@@ -115,3 +122,15 @@ def load_model(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = No
         return model_from_checkpoint(path)
     model = load_pretrained(spec, cache_dir)
     return model.eval(), {"model": model.cfg.to_dict(), "prompt_style": "alpaca"}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but through a temporary file and a rename: a run
+    killed while saving leaves the previous ``last.ckpt`` intact, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        with atomic_write(path, binary=True) as f:
+            torch.save(checkpoint, f)

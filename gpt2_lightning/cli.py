@@ -7,14 +7,10 @@ import os
 import sys
 from collections.abc import Iterator
 
-from gpt2_lightning.download import DownloadError
-from gpt2_lightning.judge import JudgeError
-from gpt2_lightning.records import DataError
-from gpt2_lightning.tokenizer import TokenizerUnavailableError
+from gpt2_lightning.errors import Gpt2LightningError
 
-# Errors that mean "the input or the settings are wrong", not "the program is wrong".
-USER_ERRORS = (DataError, DownloadError, TokenizerUnavailableError, JudgeError, ValueError,
-               FileNotFoundError, PermissionError)
+# Errors that mean "the input, the settings or the environment are wrong", not "the program is".
+USER_ERRORS = (Gpt2LightningError, ValueError, OSError)
 
 
 def is_user_error(err: BaseException) -> bool:

@@ -95,6 +95,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self.resume_at: tuple[int, int] | None = None
+        """``(epoch, batches)``: in that epoch, skip the batches an interrupted run did."""
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -120,7 +122,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         per_rank = len(self)
         if self.num_replicas > 1:  # pad by wrapping so that every rank steps equally often
             batches = (batches * self.num_replicas)[:per_rank * self.num_replicas]
-        return iter(batches[self.rank::self.num_replicas][:per_rank])
+        mine = batches[self.rank::self.num_replicas][:per_rank]
+        if self.resume_at is not None and self.resume_at[0] == self.epoch:
+            mine = mine[self.resume_at[1]:]
+            self.resume_at = None
+        return iter(mine)
 
     def __len__(self) -> int:
         n = len(self.lengths)
@@ -175,6 +181,7 @@ class InstructionDataModule(L.LightningDataModule):
             raise ValueError(f"data.batch_size must be at least 1, got {self.batch_size}")
         self.style = get_style(self.prompt_style)
         self.datasets: dict[str, InstructionDataset] = {}
+        self._resume_at: tuple[int, int] | None = None
 
     def prepare_data(self) -> None:
         if not Path(self.path).is_file() and self.url:
@@ -191,6 +198,19 @@ class InstructionDataModule(L.LightningDataModule):
         self.datasets = {name: InstructionDataset(part, self.style)
                          for name, part in zip(("train", "val", "test"), splits)}
 
+    def state_dict(self) -> dict[str, int]:
+        """Where the training data stands (saved in checkpoints): a resumed run continues
+        with the next batch of the same epoch instead of restarting the epoch."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.current_epoch,
+                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.completed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if "epoch" in state_dict:
+            self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
+
     def _loader(self, name: str, train: bool) -> DataLoader:
         dataset = self.datasets[name]
         trainer = getattr(self, "trainer", None)
@@ -199,6 +219,8 @@ class InstructionDataModule(L.LightningDataModule):
             shuffle=train, group_by_length=self.group_by_length and train, seed=self.seed,
             drop_last=False, num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0)
+        if train:
+            sampler.resume_at, self._resume_at = self._resume_at, None
         return DataLoader(dataset, batch_sampler=sampler,
                           collate_fn=InstructionCollator(self.max_length, self.mask_prompt),
                           num_workers=self.num_workers, pin_memory=self.pin_memory,

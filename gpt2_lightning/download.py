@@ -16,10 +16,12 @@ import requests
 from tqdm.auto import tqdm
 from urllib3.exceptions import NewConnectionError
 
+from gpt2_lightning.errors import Gpt2LightningError
+
 CHUNK_BYTES = 1 << 16
 
 
-class DownloadError(RuntimeError):
+class DownloadError(Gpt2LightningError, RuntimeError):
     """A download failed for good; the message says which URL and what to do instead."""
 
 

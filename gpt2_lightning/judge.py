@@ -9,10 +9,11 @@ from collections.abc import Sequence
 
 import requests
 
+from gpt2_lightning.errors import Gpt2LightningError
 from gpt2_lightning.prompts import get_style
 
 
-class JudgeError(RuntimeError):
+class JudgeError(Gpt2LightningError, RuntimeError):
     """The judge endpoint is unreachable or answers something unusable."""
 
 

@@ -78,6 +78,11 @@ class GPTConfig:
         values = dict(values or {})
         if GPT2_ALIASES.get(name.lower(), name.lower()) in GPT2_PRESETS:
             return cls.from_name(name, **values)
+        shape = ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads")
+        missing = [f for f in shape if f not in values]
+        if missing:
+            raise ValueError(f"unknown model {name!r}: choose one of {', '.join(GPT2_PRESETS)}, or give "
+                             f"a custom model its full shape (missing {', '.join(missing)})")
         return cls.from_dict(values)
 
     @classmethod

@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from gpt2_lightning.data import IGNORE_INDEX
+from gpt2_lightning.errors import Gpt2LightningError
 from gpt2_lightning.model import GPTConfig, GPTModel
+
+
+class TrainingDivergedError(Gpt2LightningError, RuntimeError):
+    """The loss became NaN or infinite."""
 
 
 def masked_lm_loss(model: GPTModel, input_ids: torch.Tensor, targets: torch.Tensor
@@ -89,6 +94,11 @@ class InstructionTuner(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, count = self._loss(batch)
+        if not torch.isfinite(loss):  # one sync per step, to never step on a NaN gradient
+            raise TrainingDivergedError(
+                f"the training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}); lower optimizer.lr, set trainer.gradient_clip_val, or use "
+                f"trainer.precision=bf16-mixed instead of 16-mixed")
         self.train_loss_epoch.update(loss.detach(), weight=count)
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss

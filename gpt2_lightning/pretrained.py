@@ -13,6 +13,7 @@ import safetensors.torch
 import torch
 
 from gpt2_lightning.download import download
+from gpt2_lightning.errors import Gpt2LightningError
 from gpt2_lightning.model import GPT2_ALIASES, GPTConfig, GPTModel
 
 # Hugging Face GPT-2 submodule name -> ours. Conv1D layers store weights as [in, out].
@@ -32,7 +33,7 @@ _BUFFER_KEY = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _LAYER_KEY = re.compile(r"^h\.(\d+)\.(.+)\.(weight|bias)$")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(Gpt2LightningError, ValueError):
     """A state dict does not fit the model it is loaded into."""
 
 

@@ -13,13 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpt2_lightning.errors import Gpt2LightningError
+
 SEED_DATA_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
                  "ch07/01_main-chapter-code/instruction-data.json")
 
 Record = dict
 
 
-class DataError(ValueError):
+class DataError(Gpt2LightningError, ValueError):
     """Bad instruction data: the message names the file, the record and the field."""
 
 

@@ -22,9 +22,9 @@ from gpt2_lightning.checkpoints import load_model
 from gpt2_lightning.cli import exit_on_user_error
 from gpt2_lightning.generation import generate_batch
 from gpt2_lightning.io import write_json
-from gpt2_lightning.records import DataError, load_records
 from gpt2_lightning.model import GPTModel
 from gpt2_lightning.prompts import PromptStyle, get_style
+from gpt2_lightning.records import DataError, load_records
 from gpt2_lightning.tokenizer import decode, encode
 
 

@@ -7,12 +7,14 @@ import os
 
 import tiktoken
 
+from gpt2_lightning.errors import Gpt2LightningError
+
 EOT_TOKEN = "<|endoftext|>"
 EOT_ID = 50256
 VOCAB_SIZE = 50257
 
 
-class TokenizerUnavailableError(RuntimeError):
+class TokenizerUnavailableError(Gpt2LightningError, RuntimeError):
     """The GPT-2 vocabulary is neither cached nor downloadable."""
 
 

@@ -4,6 +4,7 @@ respond -> evaluate -> plot, all in one run directory."""
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,10 +12,13 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from gpt2_lightning.callbacks import GracefulStop
 from gpt2_lightning.checkpoints import export_model, model_from_checkpoint
 from gpt2_lightning.data import InstructionDataModule
+from gpt2_lightning.errors import Gpt2LightningError
 from gpt2_lightning.evaluate import score_responses
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model import GPTConfig, GPTModel
@@ -26,7 +30,7 @@ from gpt2_lightning.respond import GenerationSettings, respond
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(Gpt2LightningError, ValueError):
     """A setting that cannot work, found before any work starts."""
 
 
@@ -72,12 +76,17 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     tuner = InstructionTuner(model.cfg.to_dict(), prompt_style=datamodule.prompt_style,
                              compile=cfg.model.compile, model=model,
                              **OmegaConf.to_container(cfg.optimizer, resolve=True))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[*instantiate_list(cfg.get("callbacks")), *extra_callbacks],
+    callbacks = [*instantiate_list(cfg.get("callbacks")), *extra_callbacks]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
                                                  logger=instantiate_list(cfg.get("logger")) or False)
     log.info("model: %s, %.1fM parameters", cfg.model.name, model.num_parameters() / 1e6)
 
     if cfg.train:
-        trainer.fit(tuner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        try:
+            trainer.fit(tuner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        except SIGTERMException:  # Ctrl-C or SIGTERM: GracefulStop saved last.ckpt
+            stop = next((cb for cb in callbacks if isinstance(cb, GracefulStop) and cb.signal), None)
+            raise SystemExit(128 + (stop.signal if stop else signal.SIGTERM)) from None
         save_final_last(trainer)
     best = load_best_weights(trainer, tuner)
     if cfg.test:

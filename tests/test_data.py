@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from gpt2_lightning.data import (InstructionCollator, InstructionDataModule, InstructionDataset,
-                                 LengthGroupedBatchSampler, padding_fraction)
+from gpt2_lightning.data import (
+    InstructionCollator,
+    InstructionDataModule,
+    InstructionDataset,
+    LengthGroupedBatchSampler,
+    padding_fraction,
+)
 from gpt2_lightning.prompts import format_example, format_prompt
 from gpt2_lightning.tokenizer import EOT_ID, encode
 from tests.conftest import REPO_ROOT

@@ -5,9 +5,15 @@ import torch
 
 from gpt2_lightning.download import DownloadError
 from gpt2_lightning.model import GPTConfig, GPTModel
-from gpt2_lightning.pretrained import (CheckpointMismatchError, convert_hf_state_dict, hub_url,
-                                       load_pretrained, load_state_dict_checked, read_safetensors,
-                                       resolve_weights)
+from gpt2_lightning.pretrained import (
+    CheckpointMismatchError,
+    convert_hf_state_dict,
+    hub_url,
+    load_pretrained,
+    load_state_dict_checked,
+    read_safetensors,
+    resolve_weights,
+)
 from tests.hf_reference import hf_gpt2
 from tests.http_server import FileServer
 

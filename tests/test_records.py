@@ -38,7 +38,8 @@ def test_configurable_field_names(tmp_path):
     ([{"output": "b"}], "record 0: missing field 'instruction'"),
     ([{"instruction": "a", "output": "b"}, {"instruction": "a"}], "record 1: missing field 'output'"),
     ([{"instruction": 5, "output": "b"}], "record 0: field 'instruction' must be a string, got a JSON number"),
-    ([{"instruction": "a", "input": ["x"], "output": "b"}], "record 0: field 'input' must be a string, got a JSON array"),
+    ([{"instruction": "a", "input": ["x"], "output": "b"}],
+     "record 0: field 'input' must be a string, got a JSON array"),
     ([{"instruction": "  \n", "output": "b"}], "record 0: field 'instruction' is empty"),
     ([{"instruction": "a", "response": ""}], "record 0: field 'response' is empty"),
 ])

@@ -1,0 +1,57 @@
+"""Shared by the benchmarks: timing with repeats, machine description, peer models."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """min / median / max seconds of ``fn()`` over ``repeats`` runs after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"min": min(times), "median": statistics.median(times), "max": max(times)}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}"
+
+
+def model_pair(cfg):
+    """Our ``GPTModel`` and Hugging Face's ``GPT2LMHeadModel`` (sdpa attention) of the shape
+    ``cfg``, holding the same random weights, both in eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gpt2_lightning.model import GPTModel
+    from gpt2_lightning.pretrained import convert_hf_state_dict, load_state_dict_checked
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context_length,
+                                    n_embd=cfg.emb_dim, n_layer=cfg.n_layers, n_head=cfg.n_heads,
+                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+                         attn_implementation="sdpa")
+    ours = GPTModel(cfg)
+    load_state_dict_checked(ours, convert_hf_state_dict(hf.state_dict()))
+    return ours.eval(), hf.eval()
+
+
+def fmt(stats: dict[str, float], scale: float = 1.0, unit: str = "s") -> str:
+    return (f"{stats['median'] * scale:.3g} {unit} (min {stats['min'] * scale:.3g}, "
+            f"max {stats['max'] * scale:.3g})")

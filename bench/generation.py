@@ -1,0 +1,69 @@
+"""Generation speed, gpt2-small shape (random weights), greedy, 60-token prompt, 128 new tokens:
+ours with the KV cache, ours recomputing the whole context, Hugging Face GPT2LMHeadModel.generate;
+and answering the 110-record test split in batches vs one by one.
+
+    python bench/generation.py [--repeats 3] [--split]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import fmt, machine, model_pair, timeit  # noqa: E402
+
+from gpt2_lightning.generation import generate  # noqa: E402
+from gpt2_lightning.model import GPTConfig  # noqa: E402
+
+PROMPT, NEW = 60, 128
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--split", action="store_true", help="also answer the seed test split")
+    args = parser.parse_args()
+    print(machine())
+    ours, hf = model_pair(GPTConfig.from_name("gpt2-small"))
+    idx = torch.randint(0, 50257, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+
+    def hf_generate():
+        return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=NEW, min_new_tokens=NEW,
+                           do_sample=False, pad_token_id=50256)
+
+    with torch.inference_mode():
+        cached = timeit(lambda: generate(ours, idx, NEW, eos_id=None), args.repeats)
+        uncached = timeit(lambda: generate(ours, idx, NEW, eos_id=None, use_cache=False), args.repeats)
+        peer = timeit(hf_generate, args.repeats)
+    print(f"{'ours, KV cache':28s} {NEW / cached['median']:7.1f} tokens/s  {fmt(cached)}")
+    print(f"{'ours, no cache':28s} {NEW / uncached['median']:7.1f} tokens/s  {fmt(uncached)}")
+    print(f"{'HF GPT2LMHeadModel.generate':28s} {NEW / peer['median']:7.1f} tokens/s  {fmt(peer)}")
+    print(f"cache speed-up: {uncached['median'] / cached['median']:.2f}x; "
+          f"ours / HF: {peer['median'] / cached['median']:.2f}x")
+    if args.split:
+        answer_split(ours)
+
+
+def answer_split(model) -> None:
+    from gpt2_lightning.records import load_records, split_records
+    from gpt2_lightning.respond import GenerationSettings, answer_batch
+
+    seed = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
+    test = split_records(load_records(seed))[2]
+    for batch_size in (1, 8, 16):
+        settings = GenerationSettings(max_new_tokens=64, batch_size=batch_size)
+
+        def answer_all():
+            for start in range(0, len(test), batch_size):
+                answer_batch(model, test[start:start + batch_size], "alpaca", settings)
+
+        stats = timeit(answer_all, repeats=1, warmup=0)
+        print(f"test split (110 records, <=64 new tokens), batch {batch_size:2d}: {fmt(stats)}")
+
+
+if __name__ == "__main__":
+    main()

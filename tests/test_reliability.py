@@ -1,0 +1,151 @@
+"""Faults a long fine-tune meets: kills, signals, bad files, NaN, unwritable outputs."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpt2_lightning.io import atomic_write
+from gpt2_lightning.module import TrainingDivergedError
+from gpt2_lightning.records import DataError, load_records, validate_record
+from gpt2_lightning.training import run
+from tests.conftest import REPO_ROOT, TINY_RUN, compose_train, run_train_py
+
+RESUMABLE = ("model=tiny", "data=sample", "trainer=cpu", "respond=false", "plot=false", "export=false",
+             "test=false", "data.batch_size=4", "trainer.max_epochs=2", "trainer.val_check_interval=1.0",
+             "callbacks.last_checkpoint.every_n_train_steps=3", "callbacks.progress_bar.refresh_rate=0",
+             "~callbacks.response_sample", "trainer.enable_model_summary=false")
+
+
+def final_weights(run_dir):
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    return state["global_step"], state["state_dict"]
+
+
+def start_train(run_dir, *overrides):
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), *RESUMABLE, *overrides,
+                             f"hydra.run.dir={run_dir}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for_step(run_dir, step, process, timeout=300):
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if last.is_file() and torch.load(last, weights_only=True)["global_step"] >= step:
+            return
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step {step}")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
+    # 51 training records, batch 4: 13 steps per epoch, 26 in all; last.ckpt every 3 steps.
+    assert run_train_py(*RESUMABLE, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
+    killed = start_train(tmp_path / "killed")
+    wait_for_step(tmp_path / "killed", 15, killed)  # epoch 1, batch 2
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    step_at_kill, _ = final_weights(tmp_path / "killed")
+    assert 15 <= step_at_kill < 26
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    resumed = run_train_py(*RESUMABLE, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    step_whole, whole = final_weights(tmp_path / "whole")
+    step_resumed, weights = final_weights(tmp_path / "resumed")
+    assert step_whole == step_resumed == 26
+    for name, tensor in whole.items():
+        torch.testing.assert_close(weights[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_and_sigterm_save_a_checkpoint_and_exit_cleanly(tmp_path, signum, code):
+    process = start_train(tmp_path, "trainer.max_epochs=50")
+    wait_for_step(tmp_path, 3, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr[-2000:]
+    assert "Traceback" not in stderr
+    step, _ = final_weights(tmp_path)
+    assert step > 3 and f"interrupted at step {step}; saved" in (tmp_path / "train.log").read_text()
+
+
+def test_nan_loss_stops_training_naming_the_step(tmp_path):
+    cfg = compose_train(tmp_path, *TINY_RUN, "trainer.max_steps=20", "optimizer.lr=1e30",
+                        "trainer.val_check_interval=1.0")
+    with pytest.raises(TrainingDivergedError, match=r"the training loss is (nan|inf) at step \d+ \(epoch 0, batch \d+\)"):
+        run(cfg)
+
+
+def test_unknown_model_names_are_refused():
+    from gpt2_lightning.model import GPTConfig
+    with pytest.raises(ValueError, match="unknown model 'gpt2-huge'.*missing vocab_size"):
+        GPTConfig.from_spec("gpt2-huge", {"drop_rate": 0.1})
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "responses.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(path) as f:
+            f.write("half of the new")
+            raise RuntimeError("disk full")
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.slow
+def test_unwritable_output_directory_is_one_clear_line(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the run directory should go")
+    result = run_train_py(*TINY_RUN, "trainer.max_steps=1", "respond=true", f"hydra.run.dir={blocker}/run")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "not-a-dir" in result.stderr.strip().splitlines()[-1]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12)
+record_like = st.dictionaries(
+    st.sampled_from(["instruction", "input", "output", "response", "id", ""]),
+    json_values | st.text(alphabet=st.characters(codec="utf-8"), max_size=2000), max_size=5)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(item=json_values | record_like)
+def test_any_record_gives_a_record_or_a_data_error(item):
+    try:
+        record = validate_record(item, "data.json", 3)
+    except DataError as err:
+        assert str(err).startswith("data.json: record 3: ")
+        return
+    assert isinstance(record["instruction"], str) and record["instruction"].strip()
+    assert isinstance(record["input"], str) and isinstance(record["output"], str)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.one_of(
+    st.text(max_size=300),
+    st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+    st.lists(record_like, max_size=5).map(json.dumps),
+    json_values.map(json.dumps),
+))
+def test_any_file_gives_records_or_a_data_error(tmp_path, content):
+    for name in ("data.json", "data.jsonl"):
+        path = tmp_path / name
+        path.write_text(content, encoding="utf-8", errors="surrogatepass")
+        try:
+            records = load_records(path)
+        except DataError as err:
+            assert str(err).startswith(f"{path}: ")
+            continue
+        assert records and all(r["instruction"].strip() for r in records)

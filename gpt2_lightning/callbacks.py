@@ -38,6 +38,16 @@ class ResponseSample(L.Callback):
                 logger.experiment.add_text("sample_response", text, trainer.global_step)
 
 
+def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
+    """Where this run keeps ``last.ckpt``: the folder of its ModelCheckpoint that saves
+    last (or of any ModelCheckpoint), None when the run saves no checkpoints."""
+    callbacks = trainer.checkpoint_callbacks
+    keeper = next((cb for cb in callbacks if cb.save_last), callbacks[0] if callbacks else None)
+    if keeper is None or keeper.dirpath is None:
+        return None
+    return Path(keeper.dirpath) / f"{keeper.CHECKPOINT_NAME_LAST}{keeper.FILE_EXTENSION}"
+
+
 class GracefulStop(L.Callback):
     """Ctrl-C (SIGINT) or SIGTERM: finish the current batch, save ``last.ckpt``, stop.
 
@@ -71,9 +81,8 @@ class GracefulStop(L.Callback):
             return
         if self.signal is None:
             self.signal = signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT
-        callback = trainer.checkpoint_callback
-        if callback is not None and callback.dirpath is not None:
-            path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+        path = last_checkpoint_path(trainer)
+        if path is not None:
             trainer.save_checkpoint(path)
             log.warning("interrupted at step %d; saved %s (resume with ckpt_path=%s)",
                         trainer.global_step, path, path)

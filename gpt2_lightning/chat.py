@@ -17,11 +17,11 @@ import torch
 
 from gpt2_lightning.checkpoints import load_model
 from gpt2_lightning.cli import exit_on_user_error
-from gpt2_lightning.generation import stream_tokens
+from gpt2_lightning.generation import TextStream
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model import GPTModel
 from gpt2_lightning.prompts import PromptStyle, get_style
-from gpt2_lightning.tokenizer import decode, encode
+from gpt2_lightning.tokenizer import encode
 
 HELP = """commands:
   /new                 start a new conversation (forget the history)
@@ -78,51 +78,22 @@ class ChatSession:
         return ids[-room:]
 
     def stream(self, message: str) -> Iterator[str]:
-        """Yield the answer to ``message`` in pieces of text as tokens arrive. Text that
-        may be the start of a stop string is held back until it is known not to be. The
-        history records the answer when the stream ends or is stopped (Ctrl-C)."""
-        ids = self.prompt_ids(message)
-        device = next(self.model.parameters()).device
+        """Yield the answer to ``message`` in pieces as tokens arrive; the history records
+        the answer when the stream ends or is stopped (Ctrl-C)."""
         generator = None
         if self.settings.temperature > 0:
-            generator = torch.Generator(device=device)
+            generator = torch.Generator(device=next(self.model.parameters()).device)
             if self.settings.seed is not None:
                 generator.manual_seed(self.settings.seed)
             else:
                 generator.seed()
-        new: list[int] = []
-        shown = ""
+        answer = TextStream(self.model, self.prompt_ids(message), self.settings.max_tokens,
+                            self.settings.temperature, self.settings.top_k, self.settings.top_p,
+                            self.style.stop_strings, generator)
         try:
-            for token in stream_tokens(self.model, torch.tensor([ids], device=device), self.settings.max_tokens,
-                                       self.settings.temperature, self.settings.top_k, self.settings.top_p,
-                                       generator=generator):
-                new.append(int(token))
-                text, stopped = self._visible(decode(new).lstrip())
-                if stopped or not text.endswith("\ufffd"):  # whole characters only
-                    if not stopped:
-                        text = text[:len(text) - self._held_back(text)]
-                    if len(text) > len(shown):
-                        yield text[len(shown):]
-                        shown = text
-                if stopped:
-                    break
-            else:
-                text, _ = self._visible(decode(new).lstrip())
-                if len(text) > len(shown):
-                    yield text[len(shown):]
-                    shown = text
+            yield from answer
         finally:
-            self.history.append((message, shown.strip()))
-
-    def _visible(self, raw: str) -> tuple[str, bool]:
-        """``raw`` up to the first stop string, and whether there was one."""
-        cuts = [raw.find(stop) for stop in self.style.stop_strings if stop in raw]
-        return (raw[:min(cuts)], True) if cuts else (raw, False)
-
-    def _held_back(self, text: str) -> int:
-        """How many trailing characters of ``text`` could begin a stop string."""
-        return max((k for stop in self.style.stop_strings for k in range(1, len(stop))
-                    if text.endswith(stop[:k])), default=0)
+            self.history.append((message, answer.text.strip()))
 
 
 def run_repl(session: ChatSession, stdin, stdout) -> int:

@@ -22,8 +22,9 @@ def is_user_error(err: BaseException) -> bool:
 
 
 def root_cause(err: BaseException) -> BaseException:
-    """The innermost cause (Hydra wraps constructor errors in ``InstantiationException``)."""
-    while err.__cause__ is not None:
+    """The project's own error in the chain of causes (it carries the advice), else the
+    innermost cause (Hydra wraps constructor errors in ``InstantiationException``)."""
+    while not isinstance(err, Gpt2LightningError) and err.__cause__ is not None:
         err = err.__cause__
     return err
 

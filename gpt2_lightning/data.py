@@ -97,6 +97,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         self.resume_at: tuple[int, int] | None = None
         """``(epoch, batches)``: in that epoch, skip the batches an interrupted run did."""
+        self.sampler = _IndexView(self)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -118,6 +119,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        # A generator: the order is drawn at the first batch, after Lightning's set_epoch
+        # (which it calls after the DataLoader has already asked for the iterator).
         batches = self._all_batches()
         per_rank = len(self)
         if self.num_replicas > 1:  # pad by wrapping so that every rank steps equally often
@@ -126,12 +129,32 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if self.resume_at is not None and self.resume_at[0] == self.epoch:
             mine = mine[self.resume_at[1]:]
             self.resume_at = None
-        return iter(mine)
+        yield from mine
 
     def __len__(self) -> int:
         n = len(self.lengths)
         batches = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
         return math.ceil(batches / self.num_replicas)
+
+
+class _IndexView(Sampler[int]):
+    """The indices of a batch sampler's current epoch, in batch order.
+
+    Lightning sets the epoch through ``batch_sampler.sampler.set_epoch`` (not on the batch
+    sampler itself), so this is the handle through which each epoch gets a new order.
+    """
+
+    def __init__(self, batches: LengthGroupedBatchSampler):
+        self.batches = batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return (i for batch in self.batches._all_batches() for i in batch)
+
+    def __len__(self) -> int:
+        return len(self.batches.lengths)
 
 
 def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
@@ -204,8 +227,10 @@ class InstructionDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return {}
+        # "processed", not "completed": a checkpoint saved from on_train_batch_end already
+        # holds the step of the batch that is not yet counted as completed.
         return {"epoch": trainer.current_epoch,
-                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.completed}
+                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if "epoch" in state_dict:
@@ -219,8 +244,8 @@ class InstructionDataModule(L.LightningDataModule):
             shuffle=train, group_by_length=self.group_by_length and train, seed=self.seed,
             drop_last=False, num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0)
-        if train:
-            sampler.resume_at, self._resume_at = self._resume_at, None
+        if train:  # Lightning may build this loader more than once (e.g. to count steps)
+            sampler.resume_at = self._resume_at
         return DataLoader(dataset, batch_sampler=sampler,
                           collate_fn=InstructionCollator(self.max_length, self.mask_prompt),
                           num_workers=self.num_workers, pin_memory=self.pin_memory,

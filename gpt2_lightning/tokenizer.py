@@ -28,9 +28,9 @@ def get_tokenizer() -> tiktoken.Encoding:
     except Exception as err:  # tiktoken surfaces requests/urllib errors as they come
         cache = os.environ.get("TIKTOKEN_CACHE_DIR", "<unset>")
         raise TokenizerUnavailableError(
-            f"cannot load the GPT-2 tokenizer ({type(err).__name__}: {err}). tiktoken downloads "
-            f"its vocabulary on first use; offline, set TIKTOKEN_CACHE_DIR to a folder holding a "
-            f"filled tiktoken cache (now TIKTOKEN_CACHE_DIR={cache})"
+            f"cannot load the GPT-2 tokenizer: its vocabulary is not cached and downloading it failed "
+            f"({type(err).__name__}); offline, set TIKTOKEN_CACHE_DIR to a folder holding a filled "
+            f"tiktoken cache (now TIKTOKEN_CACHE_DIR={cache})"
         ) from err
 
 

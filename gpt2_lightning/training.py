@@ -15,8 +15,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gpt2_lightning.callbacks import GracefulStop
-from gpt2_lightning.checkpoints import export_model, model_from_checkpoint
+from gpt2_lightning.callbacks import GracefulStop, last_checkpoint_path
+from gpt2_lightning.checkpoints import export_model, model_from_checkpoint, read_checkpoint
 from gpt2_lightning.data import InstructionDataModule
 from gpt2_lightning.errors import Gpt2LightningError
 from gpt2_lightning.evaluate import score_responses
@@ -81,9 +81,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
                                                  logger=instantiate_list(cfg.get("logger")) or False)
     log.info("model: %s, %.1fM parameters", cfg.model.name, model.num_parameters() / 1e6)
 
+    if cfg.ckpt_path is not None:
+        read_checkpoint(cfg.ckpt_path)  # a clear error for a missing, corrupt or foreign file, now
     if cfg.train:
         try:
-            trainer.fit(tuner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            trainer.fit(tuner, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         except SIGTERMException:  # Ctrl-C or SIGTERM: GracefulStop saved last.ckpt
             stop = next((cb for cb in callbacks if isinstance(cb, GracefulStop) and cb.signal), None)
             raise SystemExit(128 + (stop.signal if stop else signal.SIGTERM)) from None
@@ -100,14 +102,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
 
 
 def save_final_last(trainer: L.Trainer) -> None:
-    """Make ``last.ckpt`` the state at the end of fit (ModelCheckpoint only saves at
-    validations, so a run stopping between two would resume from an older step)."""
-    callback = trainer.checkpoint_callback
-    if callback is None or callback.dirpath is None or not callback.save_last:
-        return
-    last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-    if getattr(callback, "_last_global_step_saved", None) != trainer.global_step or not last.is_file():
-        trainer.save_checkpoint(last)
+    """Make ``last.ckpt`` the state at the end of fit (checkpoints are saved every N steps,
+    so a run ending between two would otherwise resume from an older step)."""
+    path = last_checkpoint_path(trainer)
+    if path is not None and trainer.global_step > 0:
+        trainer.save_checkpoint(path)
 
 
 def load_best_weights(trainer: L.Trainer, tuner: InstructionTuner) -> ModelCheckpoint | None:

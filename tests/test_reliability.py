@@ -102,13 +102,14 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 
 @pytest.mark.slow
-def test_unwritable_output_directory_is_one_clear_line(tmp_path):
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("a file where the run directory should go")
-    result = run_train_py(*TINY_RUN, "trainer.max_steps=1", "respond=true", f"hydra.run.dir={blocker}/run")
-    assert result.returncode != 0
+def test_unwritable_output_is_one_clear_line_and_leaves_no_partial_file(tmp_path):
+    (tmp_path / "responses.json").mkdir()  # where the run wants to write a file
+    result = run_train_py(*TINY_RUN, "trainer.max_steps=1", "respond=true", "generation.max_new_tokens=2",
+                          f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'responses.json'}: Is a directory"
     assert "Traceback" not in result.stderr
-    assert "not-a-dir" in result.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob("*.part"))
 
 
 json_values = st.recursive(

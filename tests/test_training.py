@@ -76,3 +76,16 @@ def test_gradient_accumulation_steps_once_per_n_batches(tmp_path):
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert recorder.batches == 13  # 51 training records in batches of 4
     assert state["global_step"] == 5  # ceil(13 / 3) optimizer steps
+
+
+def test_each_epoch_draws_a_new_order_of_batches(tmp_path):
+    seen = {}
+
+    class Order(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault(trainer.current_epoch, []).append(batch["input_ids"][:, 0].tolist())
+
+    run(compose_train(tmp_path, *TINY_RUN, "trainer.max_epochs=2", "data.batch_size=4",
+                      "trainer.val_check_interval=1.0"), extra_callbacks=[Order()])
+    assert len(seen[0]) == len(seen[1]) == 13
+    assert seen[0] != seen[1]

@@ -1,0 +1,156 @@
+"""The OpenAI-compatible server, started for real on 127.0.0.1."""
+
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import uvicorn
+from openai import OpenAI
+
+from gpt2_lightning.checkpoints import load_model
+from gpt2_lightning.prompts import get_style
+from gpt2_lightning.respond import GenerationSettings, answer_batch
+from gpt2_lightning.serve import create_app
+
+
+@pytest.fixture(scope="module")
+def server(tiny_export):
+    model, meta = load_model(tiny_export)
+    app = create_app(model, get_style(meta["prompt_style"]), name="tiny", default_max_tokens=16)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if requests.get(f"{url}/health", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    yield url, model
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+def client(url):
+    return OpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0)
+
+
+def test_openai_client_chat_completion_equals_the_library_answer(server):
+    url, model = server
+    reply = client(url).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Name a color."}], max_tokens=10, temperature=0)
+    expected = answer_batch(model, [{"instruction": "Name a color."}], "alpaca", GenerationSettings(max_new_tokens=10))
+    assert reply.choices[0].message.content == expected[0]
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens <= 10 and reply.usage.prompt_tokens > 20
+
+
+def test_openai_client_streams_chat_and_completions(server):
+    url, _ = server
+    api = client(url)
+    whole = api.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                        max_tokens=12, temperature=0).choices[0].message.content
+    chunks = list(api.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                              max_tokens=12, temperature=0, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    text = api.completions.create(model="tiny", prompt="The sky is", max_tokens=8, temperature=0)
+    streamed = api.completions.create(model="tiny", prompt="The sky is", max_tokens=8, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == text.choices[0].text
+
+
+def test_models_and_health(server):
+    url, _ = server
+    assert [m.id for m in client(url).models.list().data] == ["tiny"]
+    assert requests.get(f"{url}/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 400, "the request body is not valid JSON"),
+    ({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}, 404, "the model 'gpt-4' does not exist"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": -5}, 400, "max_tokens: Input should be greater"),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, 400, "temperature: Input should be less"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_p": 0}, 400, "top_p: Input should be greater"),
+    ({"messages": []}, 400, "messages: List should have at least 1 item"),
+    ({"messages": [{"role": "assistant", "content": "x"}]}, 400, "the last message must come from the user"),
+    ({"messages": [{"role": "user", "content": "word " * 400}]}, 400, "context is 256 tokens"),
+])
+def test_bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(server, body, status, message):
+    url, _ = server
+    kwargs = {"data": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) \
+        else {"json": body}
+    response = requests.post(f"{url}/v1/chat/completions", timeout=30, **kwargs)
+    assert response.status_code == status
+    assert message in response.json()["error"]["message"]
+    assert requests.get(f"{url}/health").ok
+
+
+def test_twenty_concurrent_requests_are_all_answered_while_health_answers(server):
+    url, _ = server
+
+    def ask(i):
+        return requests.post(f"{url}/v1/completions", json={"prompt": f"Count {i}", "max_tokens": 12,
+                                                           "temperature": 0}, timeout=120)
+
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(ask, i) for i in range(20)]
+        time.sleep(0.05)
+        start = time.perf_counter()
+        health = requests.get(f"{url}/health", timeout=10)
+        health_latency = time.perf_counter() - start
+        answers = [f.result() for f in futures]
+    assert all(a.status_code == 200 for a in answers)
+    assert len({a.json()["id"] for a in answers}) == 20
+    assert health.ok and health_latency < 2.0
+
+
+def test_the_judge_can_score_through_this_server(server):
+    from gpt2_lightning.judge import Judge
+    url, _ = server
+    record = {"instruction": "Name a color.", "input": "", "output": "Red.", "model_response": "Blue."}
+    text = Judge(f"{url}/v1", model="tiny").ask("Score this")
+    assert isinstance(text, str)
+    assert len(Judge(f"{url}/v1", model="tiny").score([record])) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromedriver") is None, reason="Debian's chromium-driver is not installed")
+def test_the_web_page_streams_an_answer_in_headless_chromium(server):
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = server
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run"):
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        driver.get(url + "/")
+        assert "tiny" in driver.find_element(By.ID, "model").text
+        driver.find_element(By.ID, "temperature").clear()
+        driver.find_element(By.ID, "temperature").send_keys("0")
+        driver.find_element(By.ID, "input").send_keys("Name a color.\n")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-state='done']"))
+        user = driver.find_element(By.CSS_SELECTOR, ".msg.user").text
+        answer = driver.find_element(By.CSS_SELECTOR, ".msg.assistant").text
+        assert user == "Name a color."
+        expected = requests.post(f"{url}/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "Name a color."}], "temperature": 0}).json()
+        assert answer == expected["choices"][0]["message"]["content"].strip()
+    finally:
+        driver.quit()

@@ -81,7 +81,8 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_exit_cleanly(tmp_path, signum,
 def test_nan_loss_stops_training_naming_the_step(tmp_path):
     cfg = compose_train(tmp_path, *TINY_RUN, "trainer.max_steps=20", "optimizer.lr=1e30",
                         "trainer.val_check_interval=1.0")
-    with pytest.raises(TrainingDivergedError, match=r"the training loss is (nan|inf) at step \d+ \(epoch 0, batch \d+\)"):
+    message = r"the training loss is (nan|inf) at step \d+ \(epoch 0, batch \d+\)"
+    with pytest.raises(TrainingDivergedError, match=message):
         run(cfg)
 
 

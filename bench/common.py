@@ -45,8 +45,8 @@ def model_pair(cfg):
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context_length,
                                     n_embd=cfg.emb_dim, n_layer=cfg.n_layers, n_head=cfg.n_heads,
-                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-                         attn_implementation="sdpa")
+                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    assert hf.config._attn_implementation == "sdpa", hf.config._attn_implementation
     ours = GPTModel(cfg)
     load_state_dict_checked(ours, convert_hf_state_dict(hf.state_dict()))
     return ours.eval(), hf.eval()

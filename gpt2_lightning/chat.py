@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from gpt2_lightning.checkpoints import load_model
-from gpt2_lightning.cli import exit_on_user_error
+from gpt2_lightning.cli import add_device_arguments, exit_on_user_error, for_inference
 from gpt2_lightning.generation import TextStream
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model import GPTModel
@@ -182,12 +182,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
     with exit_on_user_error():
         model, meta = load_model(args.model)
         settings = ChatSettings(args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed)
-        session = ChatSession(model.to(args.device), get_style(args.style or meta["prompt_style"]), settings)
+        style = get_style(args.style or meta["prompt_style"])
+        session = ChatSession(for_inference(model, args.device, args.dtype), style, settings)
         if args.prompt is not None:
             message = sys.stdin.read() if args.prompt == "-" else args.prompt
             for piece in session.stream(message.strip()):

@@ -9,11 +9,15 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torchmetrics import MeanMetric
 
 from gpt2_lightning.data import IGNORE_INDEX
 from gpt2_lightning.errors import Gpt2LightningError
 from gpt2_lightning.model import GPTConfig, GPTModel
+
+# Strategies whose gradients are whole local tensors that torch's clipping can handle.
+SingleOrDDP = (SingleDeviceStrategy, DDPStrategy)
 
 
 class TrainingDivergedError(Gpt2LightningError, RuntimeError):
@@ -139,12 +143,28 @@ class InstructionTuner(L.LightningModule):
             (decay if param.dim() >= 2 else no_decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        fused = all(p.device.type in ("cpu", "cuda", "mps") for p in decay + no_decay)
+        # Fused AdamW: one kernel for all parameters (0.09 s instead of 0.7 s per step for
+        # gpt2-small on a CPU). Not with fp16's loss scaler, whose unscaling it would take over.
+        fused = self.trainer.precision != "16-mixed" and \
+            all(p.device.type in ("cpu", "cuda", "mps") for p in decay + no_decay)
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
         factor = lr_lambda(hp.warmup_steps, int(self.trainer.estimated_stepping_batches),
                            hp.schedule, hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip with torch directly: Lightning refuses to clip for fused optimizers under
+        mixed precision (for fear of fp16 loss scaling, which never meets them here)."""
+        if not gradient_clip_val:
+            return
+        if self.trainer.precision == "16-mixed" or not isinstance(self.trainer.strategy, SingleOrDDP):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen

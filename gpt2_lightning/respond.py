@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from gpt2_lightning.checkpoints import load_model
-from gpt2_lightning.cli import exit_on_user_error
+from gpt2_lightning.cli import add_device_arguments, exit_on_user_error, for_inference
 from gpt2_lightning.generation import generate_batch
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model import GPTModel
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=123)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
     with exit_on_user_error():
         if args.records is None:
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         model, meta = load_model(args.model)
         settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                                       args.batch_size, args.seed)
-        answered = respond(model.to(args.device), records, out, meta["prompt_style"], settings)
+        answered = respond(for_inference(model, args.device, args.dtype), records, out, meta["prompt_style"], settings)
         print(f"{len(answered)} responses in {out}")
 
 

@@ -280,7 +280,8 @@ def main() -> None:
     from omegaconf import DictConfig
 
     from gpt2_lightning.checkpoints import load_model
-    from gpt2_lightning.cli import exit_on_user_error
+    from gpt2_lightning.cli import exit_on_user_error, for_inference
+    from gpt2_lightning.devices import default_device
     from gpt2_lightning.prompts import get_style
 
     conf = Path(__file__).resolve().parents[1] / "conf"  # the repository's conf/, as train.py uses
@@ -289,10 +290,10 @@ def main() -> None:
     def serve(cfg: DictConfig) -> None:
         with exit_on_user_error():
             model, meta = load_model(cfg.checkpoint)
-            device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+            device = cfg.device if cfg.device != "auto" else default_device()
             style = get_style(cfg.prompt_style or meta["prompt_style"])
             name = cfg.name or Path(str(cfg.checkpoint)).name or "gpt2-lightning"
-            app = create_app(model.to(device), style, name, cfg.max_tokens)
+            app = create_app(for_inference(model, device, cfg.dtype), style, name, cfg.max_tokens)
         print(f"serving {name} ({style.name} prompts) on http://{cfg.host}:{cfg.port}/")
         uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
 

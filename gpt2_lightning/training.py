@@ -10,7 +10,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -18,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt2_lightning.callbacks import GracefulStop, last_checkpoint_path
 from gpt2_lightning.checkpoints import export_model, model_from_checkpoint, read_checkpoint
 from gpt2_lightning.data import InstructionDataModule
-from gpt2_lightning.errors import Gpt2LightningError
+from gpt2_lightning.devices import check_accelerator, inference_dtype, resolve_precision
 from gpt2_lightning.evaluate import score_responses
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model import GPTConfig, GPTModel
@@ -28,21 +27,6 @@ from gpt2_lightning.pretrained import load_pretrained
 from gpt2_lightning.respond import GenerationSettings, respond
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(Gpt2LightningError, ValueError):
-    """A setting that cannot work, found before any work starts."""
-
-
-def check_accelerator(accelerator: str) -> None:
-    """Fail early, in words, when the configured device is not on this machine."""
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA GPU is available here; "
-                          f"use trainer=cpu (or trainer.accelerator=auto)")
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.accelerator=mps but Apple's MPS is not available here; use trainer=cpu")
-    if accelerator not in ("auto", "cpu", "gpu", "cuda", "mps", "tpu"):
-        raise ConfigError(f"unknown trainer.accelerator={accelerator!r}; use cpu, gpu, mps or auto")
 
 
 def build_model(model_cfg: DictConfig, cache_dir: str | None, resuming: bool) -> GPTModel:
@@ -77,9 +61,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
                              compile=cfg.model.compile, model=model,
                              **OmegaConf.to_container(cfg.optimizer, resolve=True))
     callbacks = [*instantiate_list(cfg.get("callbacks")), *extra_callbacks]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
+    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, precision=precision,
                                                  logger=instantiate_list(cfg.get("logger")) or False)
-    log.info("model: %s, %.1fM parameters", cfg.model.name, model.num_parameters() / 1e6)
+    log.info("model: %s, %.1fM parameters, precision %s", cfg.model.name, model.num_parameters() / 1e6,
+             precision)
 
     if cfg.ckpt_path is not None:
         read_checkpoint(cfg.ckpt_path)  # a clear error for a missing, corrupt or foreign file, now
@@ -130,7 +116,7 @@ def finish_run(cfg: DictConfig, tuner: InstructionTuner, datamodule: Instruction
     if cfg.respond:
         datamodule.setup()
         settings = GenerationSettings(**OmegaConf.to_container(cfg.generation, resolve=True), seed=cfg.seed)
-        model = tuner.model.to(tuner.device).eval()
+        model = tuner.model.to(tuner.device, inference_dtype(tuner.device)).eval()
         answered = respond(model, datamodule.datasets["test"].records, output_dir / "responses.json",
                            style, settings)
         scores = {**score_responses(answered),

@@ -7,6 +7,7 @@ import time
 
 from gpt2_lightning.chat import ChatSession, ChatSettings
 from gpt2_lightning.checkpoints import load_model
+from gpt2_lightning.cli import for_inference
 from gpt2_lightning.prompts import get_style
 from gpt2_lightning.respond import GenerationSettings, answer_batch
 
@@ -18,6 +19,7 @@ def chat(*args, stdin=""):
 
 def expected_answer(export, message, max_tokens):
     model, _ = load_model(export)
+    model = for_inference(model, "cpu")  # as the chat command does
     return answer_batch(model, [{"instruction": message}], "alpaca",
                         GenerationSettings(max_new_tokens=max_tokens))[0]
 

@@ -62,7 +62,7 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     scalars = read_scalars(run_dir / "tensorboard")
     assert scalars["train_loss"][-1][1] < scalars["train_loss"][0][1]
-    assert "model: gpt2-small, 124.4M parameters" in (run_dir / "train.log").read_text()
+    assert "model: gpt2-small, 124.4M parameters, precision " in (run_dir / "train.log").read_text()
 
 
 @pytest.mark.slow

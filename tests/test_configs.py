@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from gpt2_lightning.data import InstructionDataModule
-from gpt2_lightning.training import ConfigError, check_accelerator
+from gpt2_lightning.devices import ConfigError, check_accelerator, resolve_precision
 from tests.conftest import REPO_ROOT, compose_train
 
 CONF = REPO_ROOT / "conf"
@@ -30,7 +30,8 @@ def test_default_config_instantiates_the_data_module_and_a_cpu_trainer(tmp_path)
     assert isinstance(datamodule, InstructionDataModule)
     assert Path(datamodule.path) == REPO_ROOT / "data" / "downloads" / "instruction-data.json"
     assert (datamodule.batch_size, datamodule.split, datamodule.fields.output) == (8, [0.85, 0.05, 0.10], "output")
-    trainer = hydra.utils.instantiate(cfg.trainer)
+    assert cfg.trainer.precision == "auto"  # resolved by the job, as below
+    trainer = hydra.utils.instantiate(cfg.trainer, precision=resolve_precision("auto", "cpu"))
     assert trainer.max_epochs == 2 and trainer.accelerator.__class__.__name__ == "CPUAccelerator"
 
 

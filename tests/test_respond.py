@@ -38,7 +38,7 @@ def test_an_interrupted_file_is_resumed_without_redoing_finished_records(tiny_ex
 def test_command_answers_custom_instructions_from_a_text_file(tiny_export, tmp_path, capsys):
     instructions = tmp_path / "mine.txt"
     instructions.write_text("Name a color.\n\nWrite a haiku about the sea.\n")
-    main([str(tiny_export), "--records", str(instructions), "--max-new-tokens", "5"])
+    main([str(tiny_export), "--records", str(instructions), "--max-new-tokens", "5", "--dtype", "float32"])
     answered = json.loads((tmp_path / "mine-responses.json").read_text())
     assert [r["instruction"] for r in answered] == ["Name a color.", "Write a haiku about the sea."]
     assert "2 responses in" in capsys.readouterr().out

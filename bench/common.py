@@ -7,8 +7,14 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+# Offline: the GPT-2 vocabulary pre-fetched beside the repository, as the tests use it.
+_CACHE = Path(__file__).resolve().parents[2] / "shared" / "tiktoken_cache"
+if "TIKTOKEN_CACHE_DIR" not in os.environ and _CACHE.is_dir():
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(_CACHE)
 
 
 def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[str, float]:

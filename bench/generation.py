@@ -8,6 +8,7 @@ and answering the 110-record test split in batches vs one by one.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt, machine, model_pair, timeit  # noqa: E402
 
+from gpt2_lightning.cli import for_inference  # noqa: E402
 from gpt2_lightning.generation import generate  # noqa: E402
 from gpt2_lightning.model import GPTConfig  # noqa: E402
 
@@ -35,17 +37,23 @@ def main() -> None:
         return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=NEW, min_new_tokens=NEW,
                            do_sample=False, pad_token_id=50256)
 
+    fast = for_inference(copy.deepcopy(ours), "cpu")  # as respond / chat / serve run it
     with torch.inference_mode():
-        cached = timeit(lambda: generate(ours, idx, NEW, eos_id=None), args.repeats)
-        uncached = timeit(lambda: generate(ours, idx, NEW, eos_id=None, use_cache=False), args.repeats)
-        peer = timeit(hf_generate, args.repeats)
-    print(f"{'ours, KV cache':28s} {NEW / cached['median']:7.1f} tokens/s  {fmt(cached)}")
-    print(f"{'ours, no cache':28s} {NEW / uncached['median']:7.1f} tokens/s  {fmt(uncached)}")
-    print(f"{'HF GPT2LMHeadModel.generate':28s} {NEW / peer['median']:7.1f} tokens/s  {fmt(peer)}")
-    print(f"cache speed-up: {uncached['median'] / cached['median']:.2f}x; "
-          f"ours / HF: {peer['median'] / cached['median']:.2f}x")
+        rows = {
+            f"ours, KV cache, {str(fast.tok_emb.weight.dtype)[6:]} (default)":
+                timeit(lambda: generate(fast, idx, NEW, eos_id=None), args.repeats),
+            "ours, KV cache, float32": timeit(lambda: generate(ours, idx, NEW, eos_id=None), args.repeats),
+            "ours, no cache, float32":
+                timeit(lambda: generate(ours, idx, NEW, eos_id=None, use_cache=False), args.repeats),
+            "HF GPT2LMHeadModel.generate, float32": timeit(hf_generate, args.repeats),
+        }
+    for name, stats in rows.items():
+        print(f"{name:40s} {NEW / stats['median']:6.1f} tokens/s  {fmt(stats)}")
+    default, fp32, uncached, peer = (s["median"] for s in rows.values())
+    print(f"KV cache speed-up (float32): {uncached / fp32:.2f}x; ours / HF: {peer / default:.2f}x (default), "
+          f"{peer / fp32:.2f}x (float32)")
     if args.split:
-        answer_split(ours)
+        answer_split(fast)
 
 
 def answer_split(model) -> None:

@@ -23,6 +23,7 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
+from gpt2_lightning.cli import for_inference  # noqa: E402
 from gpt2_lightning.model import GPTConfig, GPTModel  # noqa: E402
 from gpt2_lightning.prompts import get_style  # noqa: E402
 from gpt2_lightning.serve import create_app  # noqa: E402
@@ -41,7 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     torch.manual_seed(0)
-    app = create_app(GPTModel(SHAPES[args.model]), get_style("alpaca"), name=args.model)
+    model = for_inference(GPTModel(SHAPES[args.model]), "cpu")  # as gpt2-serve runs it
+    app = create_app(model, get_style("alpaca"), name=args.model)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

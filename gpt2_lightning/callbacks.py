@@ -83,7 +83,7 @@ class GracefulStop(L.Callback):
             self.signal = signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT
         path = last_checkpoint_path(trainer)
         if path is not None:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
             log.warning("interrupted at step %d; saved %s (resume with ckpt_path=%s)",
                         trainer.global_step, path, path)
 

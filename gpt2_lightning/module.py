@@ -119,22 +119,22 @@ class InstructionTuner(L.LightningModule):
         self.train_loss_epoch.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, count = self._loss(batch)
-        self.val_loss.update(loss, weight=count)
+        self.val_loss.update(*self._loss(batch))
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()
-        self.val_loss.reset()
-        self.log_dict({"val_loss": loss, "val_ppl": torch.exp(loss)}, prog_bar=True)
+        self._log_token_mean(self.val_loss, "val", prog_bar=True)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, count = self._loss(batch)
-        self.test_loss.update(loss, weight=count)
+        self.test_loss.update(*self._loss(batch))
 
     def on_test_epoch_end(self) -> None:
-        loss = self.test_loss.compute()
-        self.test_loss.reset()
-        self.log_dict({"test_loss": loss, "test_ppl": torch.exp(loss)})
+        self._log_token_mean(self.test_loss, "test")
+
+    def _log_token_mean(self, metric: MeanMetric, split: str, prog_bar: bool = False) -> None:
+        """Log the split's loss averaged over tokens (synced across processes) and its perplexity."""
+        loss = metric.compute()
+        metric.reset()
+        self.log_dict({f"{split}_loss": loss, f"{split}_ppl": torch.exp(loss)}, prog_bar=prog_bar)
 
     def configure_optimizers(self):
         hp = self.hparams

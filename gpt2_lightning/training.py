@@ -92,7 +92,7 @@ def save_final_last(trainer: L.Trainer) -> None:
     so a run ending between two would otherwise resume from an older step)."""
     path = last_checkpoint_path(trainer)
     if path is not None and trainer.global_step > 0:
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
 
 
 def load_best_weights(trainer: L.Trainer, tuner: InstructionTuner) -> ModelCheckpoint | None:

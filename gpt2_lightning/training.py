@@ -114,7 +114,6 @@ def finish_run(cfg: DictConfig, tuner: InstructionTuner, datamodule: Instruction
     if cfg.export:
         export_model(tuner.model, output_dir / "export", style)
     if cfg.respond:
-        datamodule.setup()
         settings = GenerationSettings(**OmegaConf.to_container(cfg.generation, resolve=True), seed=cfg.seed)
         model = tuner.model.to(tuner.device, inference_dtype(tuner.device)).eval()
         answered = respond(model, datamodule.datasets["test"].records, output_dir / "responses.json",

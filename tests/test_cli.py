@@ -85,3 +85,13 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     import torch
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 3
+
+
+@pytest.mark.slow
+def test_optuna_sweep_runs_trials_and_reports_the_best(tmp_path):
+    result = run_train_py("-m", "hparams_search=optuna", *TINY, "hydra.sweeper.n_trials=2",
+                          "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    assert "optimizer.lr" in best and "data.batch_size" in best and "best_value" in best

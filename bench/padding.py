@@ -18,8 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from gpt2_lightning.data import (InstructionCollator, InstructionDataModule,  # noqa: E402
-                                 LengthGroupedBatchSampler, padding_fraction)
+from gpt2_lightning.data import InstructionCollator, InstructionDataModule, LengthGroupedBatchSampler, padding_fraction  # noqa: E402
 from gpt2_lightning.devices import cpu_has_native_bf16  # noqa: E402
 from gpt2_lightning.model import GPTConfig, GPTModel  # noqa: E402
 from gpt2_lightning.module import masked_lm_loss  # noqa: E402

@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from gpt2_lightning.checkpoints import load_model
 from gpt2_lightning.cli import add_device_arguments, exit_on_user_error, for_inference
-from gpt2_lightning.generation import TextStream
+from gpt2_lightning.generation import TextStream, sampling_generator
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model import GPTModel
 from gpt2_lightning.prompts import PromptStyle, get_style
@@ -80,13 +78,7 @@ class ChatSession:
     def stream(self, message: str) -> Iterator[str]:
         """Yield the answer to ``message`` in pieces as tokens arrive; the history records
         the answer when the stream ends or is stopped (Ctrl-C)."""
-        generator = None
-        if self.settings.temperature > 0:
-            generator = torch.Generator(device=next(self.model.parameters()).device)
-            if self.settings.seed is not None:
-                generator.manual_seed(self.settings.seed)
-            else:
-                generator.seed()
+        generator = sampling_generator(self.model, self.settings.temperature, self.settings.seed)
         answer = TextStream(self.model, self.prompt_ids(message), self.settings.max_tokens,
                             self.settings.temperature, self.settings.top_k, self.settings.top_p,
                             self.style.stop_strings, generator)

@@ -10,6 +10,19 @@ from gpt2_lightning.model import GPTModel
 from gpt2_lightning.tokenizer import EOT_ID, decode
 
 
+def sampling_generator(model: GPTModel, temperature: float, seed: int | None) -> torch.Generator | None:
+    """The random generator for sampling on ``model``'s device: seeded when ``seed`` is
+    given (reproducible answers), fresh otherwise; None for greedy decoding."""
+    if temperature <= 0:
+        return None
+    generator = torch.Generator(device=next(model.parameters()).device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return generator
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token id per row of ``logits [B, vocab]``: argmax at temperature 0, else sampled

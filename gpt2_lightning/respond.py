@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from gpt2_lightning.checkpoints import load_model
 from gpt2_lightning.cli import add_device_arguments, exit_on_user_error, for_inference
-from gpt2_lightning.generation import generate_batch
+from gpt2_lightning.generation import generate_batch, sampling_generator
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model import GPTModel
 from gpt2_lightning.prompts import PromptStyle, get_style
@@ -75,9 +75,7 @@ def respond(model: GPTModel, records: Sequence[dict], path: str | os.PathLike,
     """Answer ``records`` into ``path`` (resuming a partial file); return the answered records."""
     path = Path(path)
     results = _finished_prefix(path, records)
-    generator = None
-    if settings.temperature > 0:
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(settings.seed)
+    generator = sampling_generator(model, settings.temperature, settings.seed)
     todo = records[len(results):]
     with tqdm(total=len(records), initial=len(results), desc="responses", disable=not progress) as bar:
         for start in range(0, len(todo), settings.batch_size):

@@ -22,13 +22,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
-from gpt2_lightning.generation import TextStream
+from gpt2_lightning.generation import TextStream, sampling_generator
 from gpt2_lightning.model import GPTModel
 from gpt2_lightning.prompts import PromptStyle
 from gpt2_lightning.tokenizer import encode, get_tokenizer
@@ -125,13 +124,7 @@ class Generator:
             raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {context} tokens",
                            "messages" if isinstance(request, ChatRequest) else "prompt")
         max_tokens = min(request.max_tokens or self.default_max_tokens, context - len(ids))
-        generator = None
-        if request.temperature > 0:
-            generator = torch.Generator(device=next(self.model.parameters()).device)
-            if request.seed is not None:
-                generator.manual_seed(request.seed)
-            else:
-                generator.seed()
+        generator = sampling_generator(self.model, request.temperature, request.seed)
         return TextStream(self.model, ids, max_tokens, request.temperature, request.top_k,
                           request.top_p if request.top_p < 1.0 else None, stop, generator)
 

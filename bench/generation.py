@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt, machine, model_pair, timeit  # noqa: E402
 
-from gpt2_lightning.cli import for_inference  # noqa: E402
+from gpt2_lightning.devices import for_inference  # noqa: E402
 from gpt2_lightning.generation import generate  # noqa: E402
 from gpt2_lightning.model import GPTConfig  # noqa: E402
 

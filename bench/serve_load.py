@@ -23,7 +23,7 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from gpt2_lightning.cli import for_inference  # noqa: E402
+from gpt2_lightning.devices import for_inference  # noqa: E402
 from gpt2_lightning.model import GPTConfig, GPTModel  # noqa: E402
 from gpt2_lightning.prompts import get_style  # noqa: E402
 from gpt2_lightning.serve import create_app  # noqa: E402

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpt2_lightning.checkpoints import load_model
-from gpt2_lightning.cli import add_device_arguments, exit_on_user_error, for_inference
+from gpt2_lightning.cli import add_device_arguments, exit_on_user_error
+from gpt2_lightning.devices import for_inference
 from gpt2_lightning.generation import TextStream, sampling_generator
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model import GPTModel

@@ -88,19 +88,24 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
+def _load_weights(model: GPTModel, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    load_state_dict_checked(model, state, source=str(path))
+
+
+def load_checkpoint_weights(model: GPTModel, path: str | os.PathLike) -> None:
+    """Put the GPT weights of a Lightning checkpoint into ``model`` (shapes checked)."""
+    _load_weights(model, read_checkpoint(path), path)
+
+
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[GPTModel, dict[str, Any]]:
-    """The model of a Lightning checkpoint (``.ckpt``) or an export folder, and its metadata."""
-    path = Path(path)
-    if path.is_dir():
-        return load_export(path)
+    """The model of a Lightning checkpoint (``.ckpt``), built from its saved config, and
+    its metadata (``model``, ``prompt_style``)."""
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
     model = GPTModel(GPTConfig.from_dict(hparams["gpt_config"]))
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    load_state_dict_checked(model, state, source=str(path))
+    _load_weights(model, checkpoint, path)
     return model.eval(), {"model": model.cfg.to_dict(), "prompt_style": hparams.get("prompt_style", "alpaca")}
-
-
 
 
 def load_model(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None

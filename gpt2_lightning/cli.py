@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from gpt2_lightning.devices import default_device, inference_dtype
+from gpt2_lightning.devices import default_device
 from gpt2_lightning.errors import Gpt2LightningError
 
 # Errors that mean "the input, the settings or the environment are wrong", not "the program is".
@@ -50,8 +50,3 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=default_device(), help="cpu, cuda, mps (default: %(default)s)")
     parser.add_argument("--dtype", default="auto", help="weights for generation: auto (bf16 where the device "
                         "computes it natively, else float32), float32, bfloat16 or float16")
-
-
-def for_inference(model, device: str, dtype: str = "auto"):
-    """``model`` on ``device`` in the generation dtype, in eval mode."""
-    return model.to(device, inference_dtype(device, dtype)).eval()

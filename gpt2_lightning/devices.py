@@ -66,3 +66,8 @@ def inference_dtype(device: str | torch.device, requested: str = "auto") -> torc
     if kind == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def for_inference(model: torch.nn.Module, device: str | torch.device, dtype: str = "auto") -> torch.nn.Module:
+    """``model`` on ``device`` in the generation dtype (see ``inference_dtype``), in eval mode."""
+    return model.to(device, inference_dtype(device, dtype)).eval()

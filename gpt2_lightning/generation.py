@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from gpt2_lightning.model import GPTModel
+from gpt2_lightning.prompts import cut_at_stop
 from gpt2_lightning.tokenizer import EOT_ID, decode
 
 
@@ -156,26 +157,20 @@ class TextStream:
                 break
             new.append(token)
             self.n_tokens = len(new)
-            text, stopped = self._cut(decode(new).lstrip())
+            text, stopped = cut_at_stop(decode(new).lstrip(), self.stop)
             if stopped:
                 self.finish_reason = "stop"
-            elif text.endswith("\ufffd"):  # half a character: wait for its other bytes
-                continue
-            else:
-                text = text[:len(text) - self._held_back(text)]
-            if len(text) > len(self.text):
-                piece, self.text = text[len(self.text):], text
-                yield piece
-            if stopped:
+                yield from self._advance_to(text)
                 return
-        final, _ = self._cut(decode(new).lstrip())
-        if len(final) > len(self.text):
-            piece, self.text = final[len(self.text):], final
-            yield piece
+            if not text.endswith("\ufffd"):  # else half a character: wait for its other bytes
+                yield from self._advance_to(text[:len(text) - self._held_back(text)])
+        yield from self._advance_to(cut_at_stop(decode(new).lstrip(), self.stop)[0])
 
-    def _cut(self, text: str) -> tuple[str, bool]:
-        cuts = [text.find(s) for s in self.stop if s in text]
-        return (text[:min(cuts)], True) if cuts else (text, False)
+    def _advance_to(self, text: str) -> Iterator[str]:
+        """Yield what ``text`` adds to the text shown so far."""
+        if len(text) > len(self.text):
+            piece, self.text = text[len(self.text):], text
+            yield piece
 
     def _held_back(self, text: str) -> int:
         return max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)

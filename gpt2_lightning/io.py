@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; put it back at once
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # once, at import: changing it per write would race other threads
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
     """Write to a temporary file beside ``path``, then rename it over ``path``.
@@ -29,7 +38,7 @@ def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
@@ -37,12 +46,6 @@ def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
         if isinstance(err, OSError) and err.filename in (tmp, None):  # name the file the user knows
             raise OSError(err.errno, err.strerror, str(path)) from None
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -131,9 +131,6 @@ class KVCache:
     def advance(self, n_tokens: int) -> None:
         self.length += n_tokens
 
-    def reset(self) -> None:
-        self.length = 0
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):

@@ -45,9 +45,13 @@ class PromptStyle:
         marker = self.response_header.strip()
         if marker in text:
             text = text.split(marker, 1)[1]
-        for stop in self.stop_strings:
-            text = text.split(stop, 1)[0]
-        return text.strip()
+        return cut_at_stop(text, self.stop_strings)[0].strip()
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the first of ``stops`` it contains, and whether it contained one."""
+    cuts = [text.find(stop) for stop in stops if stop and stop in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
 
 
 PROMPT_STYLES: dict[str, PromptStyle] = {

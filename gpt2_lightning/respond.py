@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from gpt2_lightning.checkpoints import load_model
-from gpt2_lightning.cli import add_device_arguments, exit_on_user_error, for_inference
+from gpt2_lightning.cli import add_device_arguments, exit_on_user_error
+from gpt2_lightning.devices import for_inference
 from gpt2_lightning.generation import generate_batch, sampling_generator
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model import GPTModel
@@ -144,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         model, meta = load_model(args.model)
         settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                                       args.batch_size, args.seed)
-        answered = respond(for_inference(model, args.device, args.dtype), records, out, meta["prompt_style"], settings)
+        model = for_inference(model, args.device, args.dtype)
+        answered = respond(model, records, out, meta["prompt_style"], settings)
         print(f"{len(answered)} responses in {out}")
 
 

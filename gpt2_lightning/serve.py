@@ -147,7 +147,7 @@ class Generator:
                 loop.call_soon_threadsafe(queue.put_nowait, done)
 
         self.waiting += 1
-        future = loop.run_in_executor(self.executor, produce)
+        loop.run_in_executor(self.executor, produce)  # produce() reports its own errors through the queue
         try:
             while (item := await queue.get()) is not done:
                 if isinstance(item, Exception):
@@ -156,8 +156,7 @@ class Generator:
         finally:
             self.waiting -= 1
             if cancelled is not None:
-                cancelled.set()
-            del future  # a stopped stream lets the producer notice ``cancelled`` and finish
+                cancelled.set()  # a client that left stops the generation at the next token
 
 
 def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning",
@@ -273,8 +272,8 @@ def main() -> None:
     from omegaconf import DictConfig
 
     from gpt2_lightning.checkpoints import load_model
-    from gpt2_lightning.cli import exit_on_user_error, for_inference
-    from gpt2_lightning.devices import default_device
+    from gpt2_lightning.cli import exit_on_user_error
+    from gpt2_lightning.devices import default_device, for_inference
     from gpt2_lightning.prompts import get_style
 
     conf = Path(__file__).resolve().parents[1] / "conf"  # the repository's conf/, as train.py uses

@@ -15,9 +15,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gpt2_lightning.callbacks import GracefulStop, last_checkpoint_path
-from gpt2_lightning.checkpoints import export_model, model_from_checkpoint, read_checkpoint
+from gpt2_lightning.checkpoints import export_model, load_checkpoint_weights, read_checkpoint
 from gpt2_lightning.data import InstructionDataModule
-from gpt2_lightning.devices import check_accelerator, inference_dtype, resolve_precision
+from gpt2_lightning.devices import check_accelerator, for_inference, resolve_precision
 from gpt2_lightning.evaluate import score_responses
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model import GPTConfig, GPTModel
@@ -100,8 +100,7 @@ def load_best_weights(trainer: L.Trainer, tuner: InstructionTuner) -> ModelCheck
     callback = trainer.checkpoint_callback
     if callback is None or not callback.best_model_path or not Path(callback.best_model_path).is_file():
         return None
-    best, _ = model_from_checkpoint(callback.best_model_path)
-    tuner.model.load_state_dict(best.state_dict())
+    load_checkpoint_weights(tuner.model, callback.best_model_path)
     log.info("best checkpoint: %s (%s=%.4f)", callback.best_model_path, callback.monitor,
              float(callback.best_model_score))
     return callback
@@ -115,7 +114,7 @@ def finish_run(cfg: DictConfig, tuner: InstructionTuner, datamodule: Instruction
         export_model(tuner.model, output_dir / "export", style)
     if cfg.respond:
         settings = GenerationSettings(**OmegaConf.to_container(cfg.generation, resolve=True), seed=cfg.seed)
-        model = tuner.model.to(tuner.device, inference_dtype(tuner.device)).eval()
+        model = for_inference(tuner.model, tuner.device)
         answered = respond(model, datamodule.datasets["test"].records, output_dir / "responses.json",
                            style, settings)
         scores = {**score_responses(answered),

@@ -7,7 +7,7 @@ import time
 
 from gpt2_lightning.chat import ChatSession, ChatSettings
 from gpt2_lightning.checkpoints import load_model
-from gpt2_lightning.cli import for_inference
+from gpt2_lightning.devices import for_inference
 from gpt2_lightning.prompts import get_style
 from gpt2_lightning.respond import GenerationSettings, answer_batch
 

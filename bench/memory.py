@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, model_pair  # noqa: E402
 
+from gpt2_lightning.loss import masked_lm_loss  # noqa: E402
 from gpt2_lightning.model import GPTConfig  # noqa: E402
-from gpt2_lightning.module import masked_lm_loss  # noqa: E402
 
 
 def measure(name: str, impl: str, precision: str) -> float:

@@ -20,8 +20,8 @@ from common import machine  # noqa: E402
 
 from gpt2_lightning.data import InstructionCollator, InstructionDataModule, LengthGroupedBatchSampler, padding_fraction  # noqa: E402
 from gpt2_lightning.devices import cpu_has_native_bf16  # noqa: E402
+from gpt2_lightning.loss import masked_lm_loss  # noqa: E402
 from gpt2_lightning.model import GPTConfig, GPTModel  # noqa: E402
-from gpt2_lightning.module import masked_lm_loss  # noqa: E402
 
 SEED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
 

@@ -18,8 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt, machine, model_pair, timeit  # noqa: E402
 
+from gpt2_lightning.loss import masked_lm_loss  # noqa: E402
 from gpt2_lightning.model import GPTConfig  # noqa: E402
-from gpt2_lightning.module import masked_lm_loss  # noqa: E402
 
 
 def peak_matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:

@@ -8,12 +8,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torchmetrics import MeanMetric
 
-from gpt2_lightning.data import IGNORE_INDEX
 from gpt2_lightning.errors import Gpt2LightningError
+from gpt2_lightning.loss import masked_lm_loss
 from gpt2_lightning.model import GPTConfig, GPTModel
 
 # Strategies whose gradients are whole local tensors that torch's clipping can handle.
@@ -22,22 +21,6 @@ SingleOrDDP = (SingleDeviceStrategy, DDPStrategy)
 
 class TrainingDivergedError(Gpt2LightningError, RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def masked_lm_loss(model: GPTModel, input_ids: torch.Tensor, targets: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over the targets that are not ``IGNORE_INDEX``, and their count.
-
-    Equal to ``cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)``, but
-    the LM head (a third of GPT-2 small's FLOPs at these lengths) only runs where a
-    target is scored: padding, and the prompt under ``mask_prompt``, are skipped.
-    """
-    hidden = model.hidden_states(input_ids)
-    keep = targets != IGNORE_INDEX
-    logits = model.out_head(hidden[keep])
-    count = keep.sum()
-    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum") / count.clamp(min=1)
-    return loss, count
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float):

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from gpt2_lightning.allocator import keep_freed_memory
 from gpt2_lightning.callbacks import GracefulStop, last_checkpoint_path
 from gpt2_lightning.checkpoints import export_model, load_checkpoint_weights, read_checkpoint
 from gpt2_lightning.data import InstructionDataModule
@@ -48,6 +49,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     ``extra_callbacks`` join the configured ones (for notebooks and tests).
     """
     check_accelerator(str(cfg.trainer.accelerator))
+    keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
@@ -98,8 +100,8 @@ def save_final_last(trainer: L.Trainer) -> None:
 def load_best_weights(trainer: L.Trainer, tuner: InstructionTuner) -> ModelCheckpoint | None:
     """Put the best-by-validation weights into ``tuner`` (they, not the last, are used after)."""
     callback = trainer.checkpoint_callback
-    if callback is None or not callback.best_model_path or not Path(callback.best_model_path).is_file():
-        return None
+    if callback is None or callback.best_model_score is None or not Path(callback.best_model_path).is_file():
+        return None  # no checkpoint chosen by a metric (e.g. callbacks=none): keep the final weights
     load_checkpoint_weights(tuner.model, callback.best_model_path)
     log.info("best checkpoint: %s (%s=%.4f)", callback.best_model_path, callback.monitor,
              float(callback.best_model_score))

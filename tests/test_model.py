@@ -2,7 +2,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gpt2_lightning.model import GPT2_PRESETS, GPTConfig, GPTModel
+from gpt2_lightning.model import GPT2_PRESETS, GPTConfig, GPTModel, _attention_mask, matmul_attention
 from gpt2_lightning.pretrained import convert_hf_state_dict, load_state_dict_checked
 from tests.conftest import REPO_ROOT
 from tests.hf_reference import hf_gpt2
@@ -55,6 +55,37 @@ def test_kv_cache_reproduces_full_forward():
         chunks += [model(idx[:, t:t + 1], cache) for t in range(12, 20)]
     assert cache.length == 20
     torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("queries, keys, padded", [(9, 9, False), (9, 9, True), (1, 9, True), (4, 13, True)],
+                         ids=["causal", "left-padded prompt", "one decoded token", "chunk after cache"])
+def test_matmul_attention_equals_sdpa(queries, keys, padded):
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, queries, 8)
+    k, v = torch.randn(2, 4, keys, 8), torch.randn(2, 4, keys, 8)
+    pad_lengths = torch.tensor([0, 3]) if padded else None
+    mask = _attention_mask(keys - queries, queries, pad_lengths, q.device)
+    causal = mask is None and queries == keys
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    torch.testing.assert_close(matmul_attention(q, k, v, mask, causal), expected, atol=1e-5, rtol=0)
+
+
+def test_bf16_model_on_cpu_matches_fp32_and_its_own_cache():
+    """bf16 on CPU takes the matmul attention path; it must agree with the fp32 model (to bf16
+    precision) and decode through the cache like a full forward."""
+    torch.manual_seed(0)
+    model = GPTModel(TINY).eval()
+    idx = torch.randint(0, TINY.vocab_size, (2, 24))
+    with torch.no_grad():
+        full32 = model(idx)
+        model.to(torch.bfloat16)
+        full16 = model(idx)
+        cache = model.new_cache(batch_size=2)
+        steps = [model(idx[:, :16], cache)] + [model(idx[:, t:t + 1], cache) for t in range(16, 24)]
+    assert full16.dtype == torch.bfloat16
+    torch.testing.assert_close(full16.float(), full32, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(torch.cat(steps, dim=1).float(), full16.float(), atol=0.05, rtol=0.02)
+    assert (full16.argmax(-1) == full32.argmax(-1)).float().mean() > 0.95
 
 
 def test_too_long_input_is_a_clear_error():

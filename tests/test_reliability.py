@@ -19,7 +19,8 @@ from tests.conftest import REPO_ROOT, TINY_RUN, compose_train, run_train_py
 
 RESUMABLE = ("model=tiny", "data=sample", "trainer=cpu", "respond=false", "plot=false", "export=false",
              "test=false", "data.batch_size=4", "trainer.max_epochs=2", "trainer.val_check_interval=1.0",
-             "callbacks.last_checkpoint.every_n_train_steps=3", "callbacks.progress_bar.refresh_rate=0",
+             "callbacks.last_checkpoint.train_time_interval=null", "callbacks.last_checkpoint.every_n_train_steps=3",
+             "callbacks.progress_bar.refresh_rate=0",
              "~callbacks.response_sample", "trainer.enable_model_summary=false")
 
 

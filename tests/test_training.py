@@ -89,3 +89,11 @@ def test_each_epoch_draws_a_new_order_of_batches(tmp_path):
                       "trainer.val_check_interval=1.0"), extra_callbacks=[Order()])
     assert len(seen[0]) == len(seen[1]) == 13
     assert seen[0] != seen[1]
+
+
+def test_without_callbacks_the_job_keeps_its_final_weights_and_finishes(tmp_path):
+    no_callbacks = [arg for arg in TINY_RUN if not arg.startswith("callbacks")]
+    cfg = compose_train(tmp_path, *no_callbacks, "callbacks=none", "trainer.max_epochs=1",
+                        "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=0", "export=true")
+    assert run(cfg) is None  # no val_loss was ever computed
+    assert (tmp_path / "export" / "model.safetensors").is_file()

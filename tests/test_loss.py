@@ -1,0 +1,64 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2_lightning.data import IGNORE_INDEX
+from gpt2_lightning.loss import cross_entropy, masked_lm_loss
+from gpt2_lightning.model import GPTConfig, GPTModel
+
+TINY = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_layers=2, n_heads=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_rows", [1, 5, 64])
+def test_chunked_cross_entropy_equals_torch_in_value_and_gradient(dtype, chunk_rows):
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(13, 1000, generator=gen)).to(dtype).requires_grad_()
+    targets = torch.randint(0, 1000, (13,), generator=gen)
+    count = torch.tensor(11)  # a mean over more tokens than this chunk holds, as masked_lm_loss passes it
+    expected = F.cross_entropy(logits.float(), targets, reduction="sum") / count
+    (2.5 * expected).backward()
+    expected_grad, logits.grad = logits.grad, None
+
+    loss = cross_entropy(logits, targets, count, chunk_rows=chunk_rows)
+    (2.5 * loss).backward()
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-6)
+    assert logits.grad.dtype == dtype
+    torch.testing.assert_close(logits.grad.float(), expected_grad.float(), atol=1e-6, rtol=1e-2)
+
+
+def test_chunked_cross_entropy_without_gradient_keeps_no_buffer():
+    logits = torch.randn(6, 50, requires_grad=True)
+    targets = torch.randint(0, 50, (6,))
+    with torch.no_grad():
+        loss = cross_entropy(logits, targets, chunk_rows=4)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, F.cross_entropy(logits.detach(), targets))
+
+
+def test_masked_lm_loss_equals_full_head_cross_entropy_with_ignore_index():
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    idx = torch.randint(0, TINY.vocab_size, (3, 10))
+    targets = torch.randint(0, TINY.vocab_size, (3, 10))
+    targets[0, :4] = IGNORE_INDEX  # a masked prompt
+    targets[2, 6:] = IGNORE_INDEX  # padding
+    loss, count = masked_lm_loss(model, idx, targets)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+
+    expected = F.cross_entropy(model(idx).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    expected.backward()
+    assert count.item() == 30 - 4 - 4
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_masked_lm_loss_of_a_batch_without_scored_targets_is_zero():
+    model = GPTModel(TINY)
+    idx = torch.randint(0, TINY.vocab_size, (2, 5))
+    loss, count = masked_lm_loss(model, idx, torch.full((2, 5), IGNORE_INDEX))
+    assert count.item() == 0 and loss.item() == 0.0

@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
+from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
 from gpt2_lightning.data import InstructionCollator, InstructionDataModule, LengthGroupedBatchSampler, padding_fraction  # noqa: E402
 from gpt2_lightning.devices import cpu_has_native_bf16  # noqa: E402
 from gpt2_lightning.loss import masked_lm_loss  # noqa: E402
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--max-batches", type=int, help="time only this many batches of each epoch")
     args = parser.parse_args()
     print(machine())
+    keep_freed_memory()  # as train.py does
     dm = InstructionDataModule(path=str(args.data))
     dm.setup()
     dataset = dm.datasets["train"]

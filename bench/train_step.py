@@ -2,6 +2,7 @@
 forward + backward + AdamW, ours (GPTModel + masked loss + fused AdamW, as InstructionTuner
 trains) vs Hugging Face GPT2LMHeadModel (sdpa, its own loss, torch AdamW defaults);
 fp32 and bf16 autocast. MFU is against this machine's measured peak matmul throughput.
+Both run with glibc keeping freed memory, as ``train.py`` runs (``--default-allocator``: not).
 
     python bench/train_step.py [--repeats 3] [--batch 8] [--seq 256]
 """
@@ -18,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt, machine, model_pair, timeit  # noqa: E402
 
+from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
 from gpt2_lightning.loss import masked_lm_loss  # noqa: E402
 from gpt2_lightning.model import GPTConfig  # noqa: E402
 
@@ -55,8 +57,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--default-allocator", action="store_true")
     args = parser.parse_args()
-    print(machine())
+    kept = not args.default_allocator and keep_freed_memory()
+    print(f"{machine()}; glibc keeps freed memory: {kept}")
     cfg = GPTConfig.from_name("gpt2-small")
     tokens = args.batch * args.seq
     flops = training_flops_per_token(cfg, args.seq) * tokens

@@ -81,7 +81,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
-                 group_by_length: bool = True, group_batches: int = 64, seed: int = 0,
+                 group_by_length: bool = True, group_batches: int = 16, seed: int = 0,
                  drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -191,8 +191,15 @@ class InstructionDataModule(L.LightningDataModule):
     """Cut sequences to this many tokens (set to the model's context length when None)."""
     mask_prompt: bool = False
     """Leave prompt tokens out of the loss."""
-    group_by_length: bool = True
-    """Batch training examples of similar length together (less padding)."""
+    group_by_length: bool = False
+    """Batch training examples of similar length together. Off by default: the training loss
+    skips padding everywhere but in attention, and batches of alike examples train worse
+    (seed data, 2 epochs of gpt2-small from random init: val loss 2.20 with shuffled batches;
+    2.23, 2.27, 2.29 with examples sorted 4, 16, 64 batches at a time). On for long sequences,
+    whose padding costs attention time."""
+    group_batches: int = 16
+    """With ``group_by_length``: examples of this many batches are sorted by length together
+    (seed data, batch 8: 8.1% padding at 4, 2.7% at 16, 0.7% at 64; 19.4% shuffled)."""
     num_workers: int = 0
     pin_memory: bool = False
 
@@ -202,6 +209,8 @@ class InstructionDataModule(L.LightningDataModule):
             self.fields = FieldNames(**self.fields)
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size must be at least 1, got {self.batch_size}")
+        if self.group_batches < 1:
+            raise ValueError(f"data.group_batches must be at least 1, got {self.group_batches}")
         self.style = get_style(self.prompt_style)
         self.datasets: dict[str, InstructionDataset] = {}
         self._resume_at: tuple[int, int] | None = None
@@ -241,7 +250,8 @@ class InstructionDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         sampler = LengthGroupedBatchSampler(
             dataset.lengths, self.batch_size if train else (self.eval_batch_size or self.batch_size),
-            shuffle=train, group_by_length=self.group_by_length and train, seed=self.seed,
+            shuffle=train, group_by_length=self.group_by_length and train, group_batches=self.group_batches,
+            seed=self.seed,
             drop_last=False, num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0)
         if train:  # Lightning may build this loader more than once (e.g. to count steps)

@@ -18,12 +18,17 @@ def masked_lm_loss(model: GPTModel, input_ids: torch.Tensor, targets: torch.Tens
 
     Equal to ``cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)``, but
     the LM head (a third of GPT-2 small's FLOPs at these lengths) only runs where a
-    target is scored: padding, and the prompt under ``mask_prompt``, are skipped.
+    target is scored (padding, and the prompt under ``mask_prompt``, are skipped), and the
+    transformer only up to each row's last scored target: batches of mixed lengths cost
+    what their real tokens cost, padding nothing but in attention.
     """
-    hidden = model.hidden_states(input_ids)
-    keep = targets != IGNORE_INDEX
-    count = keep.sum()
-    return cross_entropy(model.out_head(hidden[keep]), targets[keep], count.clamp(min=1)), count
+    scored = targets != IGNORE_INDEX
+    positions = torch.arange(targets.shape[1], device=targets.device)
+    last_scored = torch.where(scored, positions, -1).amax(dim=1, keepdim=True)
+    keep = positions <= last_scored  # later positions feed no scored one (causal attention)
+    hidden = model.hidden_states(input_ids, keep=keep)
+    count = scored.sum()
+    return cross_entropy(model.out_head(hidden[scored[keep]]), targets[scored], count.clamp(min=1)), count
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor | int | None = None,

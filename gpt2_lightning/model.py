@@ -143,15 +143,20 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        batch, seq, emb = x.shape
-        q, k, v = self.qkv(x).view(batch, seq, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+                mask: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, T, C]``; or, with ``keep [B, T]``, only the kept positions ``[N, C]`` (each
+        row's kept positions come first): they are laid out ``[B, T]`` for attention alone."""
+        qkv = self.qkv(x)
+        if keep is not None:
+            qkv = qkv.new_zeros(*keep.shape, qkv.shape[-1]).index_put((keep,), qkv)
+        batch, seq, _ = qkv.shape
+        q, k, v = qkv.view(batch, seq, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         is_causal = mask is None and (cache is None or cache.length == 0) and seq > 1
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = attention(q, k, v, mask, is_causal, dropout_p=self.drop_rate if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(batch, seq, emb)
-        return self.resid_drop(self.out_proj(y))
+        y = y.transpose(1, 2).reshape(batch, seq, -1)
+        return self.resid_drop(self.out_proj(y if keep is None else y[keep]))
 
 
 # Largest query x key grid the matmul path takes: beyond it, SDPA's kernel is as fast and
@@ -222,8 +227,8 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.att(self.norm1(x), cache, layer, mask)
+                mask: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.att(self.norm1(x), cache, layer, mask, keep)
         return x + self.ff(self.norm2(x))
 
 
@@ -264,9 +269,17 @@ class GPTModel(nn.Module):
         return KVCache(self.cfg, batch_size, max_length, device=param.device, dtype=param.dtype,
                        pad_lengths=pad_lengths)
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """The final-normed hidden states ``[B, T, emb_dim]`` (the input of the LM head)."""
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
+                      keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The final-normed hidden states ``[B, T, emb_dim]`` (the input of the LM head).
+
+        ``keep [B, T]`` (no cache), True on a prefix of each row: compute only those positions
+        and return them ``[N, emb_dim]``. Causal attention makes them independent of the
+        rest, so the right padding of a batch costs nothing but in attention.
+        """
         self._check_input(idx, cache)
+        if keep is not None and cache is not None:
+            raise ValueError("keep and a KV cache cannot be combined")
         if idx.dtype not in (torch.int64, torch.int32):
             idx = idx.long()
         start = cache.length if cache is not None else 0
@@ -277,8 +290,10 @@ class GPTModel(nn.Module):
             if cache.pad_lengths is not None:
                 positions = (positions[None, :] - cache.pad_lengths[:, None]).clamp(min=0)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
+        if keep is not None:
+            x = x[keep]
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer, mask)
+            x = block(x, cache, layer, mask, keep)
         if cache is not None:
             cache.advance(idx.shape[1])
         return self.final_norm(x)

@@ -117,4 +117,17 @@ def test_seed_data_padding_with_and_without_length_grouping(seed_dataset):
     shuffled = padding_fraction(lengths, list(LengthGroupedBatchSampler(lengths, 8, seed=1,
                                                                         group_by_length=False)))
     print(f"padding per epoch: length-grouped {grouped:.1%}, shuffled {shuffled:.1%}")
-    assert grouped < 0.03 and shuffled > 0.12
+    assert grouped < 0.04 and shuffled > 0.12
+    by_window = [padding_fraction(lengths, list(LengthGroupedBatchSampler(lengths, 8, group_batches=n, seed=1)))
+                 for n in (1, 4, 16, 64)]
+    assert by_window[0] == pytest.approx(shuffled, abs=0.02)
+    assert by_window == sorted(by_window, reverse=True) and by_window[-1] < 0.01
+
+
+def test_datamodule_passes_its_grouping_to_the_sampler():
+    dm = InstructionDataModule(path=str(REPO_ROOT / "data" / "sample.json"), group_batches=3)
+    dm.setup()
+    assert dm.train_dataloader().batch_sampler.group_batches == 3
+    with pytest.raises(ValueError, match="data.group_batches must be at least 1, got 0"):
+        InstructionDataModule(path="x.json", group_batches=0)
+

@@ -88,6 +88,21 @@ def test_bf16_model_on_cpu_matches_fp32_and_its_own_cache():
     assert (full16.argmax(-1) == full32.argmax(-1)).float().mean() > 0.95
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_prefixes_are_computed_as_in_the_full_batch(dtype):
+    """Right-padded rows: only each row's prefix is computed, and equals the full forward there."""
+    torch.manual_seed(0)
+    model = GPTModel(TINY).eval().to(dtype)
+    idx = torch.randint(0, TINY.vocab_size, (3, 12))
+    keep = torch.arange(12) < torch.tensor([[12], [5], [0]])
+    with torch.no_grad():
+        packed, full = model.hidden_states(idx, keep=keep), model.hidden_states(idx)
+    assert packed.shape == (12 + 5, TINY.emb_dim)
+    torch.testing.assert_close(packed, full[keep], atol=1e-5 if dtype == torch.float32 else 0.02, rtol=0)
+    with pytest.raises(ValueError, match="keep and a KV cache"):
+        model.hidden_states(idx, model.new_cache(3), keep=keep)
+
+
 def test_too_long_input_is_a_clear_error():
     model = GPTModel(TINY)
     with pytest.raises(ValueError, match="65 tokens exceeds the context length of 64"):

@@ -169,9 +169,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """Attention of ``q [B, H, T, D]`` over ``k, v [B, H, S, D]``; ``mask`` True where a query
     may attend a key. ``F.scaled_dot_product_attention``, except on CPU in bf16/fp16 with short
     sequences, where its fused kernel is 2-4x slower than two matmuls and a softmax (forward +
-    backward, batch 8 x 12 heads, 57-128 tokens; 5-7x for one decoded token)."""
+    backward, batch 8 x 12 heads, 57-128 tokens; 5-7x for a decoded token of a batch of 16,
+    but 1.1x faster for the one token of a single sequence)."""
     short = q.shape[-2] * k.shape[-2] <= MATMUL_ATTENTION_MAX_SCORES
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and short:
+    single_token = q.shape[0] * q.shape[-2] == 1
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and short and not single_token:
         return matmul_attention(q, k, v, mask, is_causal, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
 

@@ -1,4 +1,4 @@
-"""Host memory allocator tuning for CPU training and generation.
+"""Host memory allocator tuning for CPU training (called by the training job).
 
 glibc serves every allocation above ``M_MMAP_THRESHOLD`` (128 KiB to 32 MiB, adapted at run
 time) with its own ``mmap`` and gives it back to the kernel when freed, and trims freed memory

@@ -70,19 +70,22 @@ def encoded(records):
     return [encode(format_example(r)) for r in records]
 
 
-def val_loss(model, data: Path) -> float:
+def eval_loader(records) -> DataLoader:
+    return DataLoader(encoded(records), batch_size=8, shuffle=False, collate_fn=collate)
+
+
+def val_loss(model, val_loader: DataLoader) -> float:
     """The baseline's score: fp32 mean batch loss over the whole val split."""
-    _, val, _ = split_records(load_records(data))
     model.eval()
     with torch.no_grad():
-        return loader_loss(model, DataLoader(encoded(val), batch_size=8, shuffle=False, collate_fn=collate))
+        return loader_loss(model, val_loader)
 
 
 def plain_loop(data: Path, epochs: int) -> tuple[float, float]:
     train, val, _ = split_records(load_records(data))
     torch.manual_seed(123)
     train_loader = DataLoader(encoded(train), batch_size=8, shuffle=True, drop_last=False, collate_fn=collate)
-    val_loader = DataLoader(encoded(val), batch_size=8, shuffle=False, collate_fn=collate)
+    val_loader = eval_loader(val)
     model = GPTModel(GPTConfig.from_name("gpt2-small"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
     start = time.perf_counter()
@@ -102,7 +105,7 @@ def plain_loop(data: Path, epochs: int) -> tuple[float, float]:
         context = torch.tensor([encode(format_prompt(val[0]))])
         generate(model, context, 35)
     elapsed = time.perf_counter() - start
-    return elapsed, val_loss(model, data)
+    return elapsed, val_loss(model, val_loader)
 
 
 def through_train_py(data: Path, epochs: int) -> tuple[float, float]:
@@ -118,7 +121,8 @@ def through_train_py(data: Path, epochs: int) -> tuple[float, float]:
         model, _ = model_from_checkpoint(Path(run_dir) / "checkpoints" / "last.ckpt")
     precision = log.split("precision ")[1].split()[0]
     print(f"train.py ran with precision {precision}; its last logged val_loss {logged:.4f}")
-    return elapsed, val_loss(model.float(), data)
+    _, val, _ = split_records(load_records(data))
+    return elapsed, val_loss(model.float(), eval_loader(val))
 
 
 def main() -> None:

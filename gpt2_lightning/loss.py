@@ -52,6 +52,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 chunk_rows: int) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        minus_one = torch.full((chunk_rows, 1), -1.0, device=logits.device)
         for start in range(0, logits.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
             chunk = logits[rows].to(torch.float32, copy=True)
@@ -60,7 +61,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             total += (log_norm - chunk.gather(1, target)).sum()
             if grad is not None:  # d loss / d logits = (softmax - one_hot(target)) / count
                 probs = chunk.sub_(log_norm).exp_()
-                probs.scatter_add_(1, target, torch.full_like(target, -1, dtype=probs.dtype))
+                probs.scatter_add_(1, target, minus_one[:len(target)])
                 grad[rows] = probs.div_(count)
         ctx.save_for_backward(grad)
         return total / count

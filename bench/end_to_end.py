@@ -25,13 +25,13 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from gpt2_lightning.checkpoints import model_from_checkpoint  # noqa: E402
-from gpt2_lightning.generation import generate  # noqa: E402
-from gpt2_lightning.model import GPTConfig, GPTModel  # noqa: E402
-from gpt2_lightning.plotting import read_scalars  # noqa: E402
-from gpt2_lightning.prompts import format_example, format_prompt  # noqa: E402
-from gpt2_lightning.records import load_records, split_records  # noqa: E402
-from gpt2_lightning.tokenizer import EOT_ID, encode  # noqa: E402
+from gpt2_lightning.data.prompts import format_example, format_prompt  # noqa: E402
+from gpt2_lightning.data.records import load_records, split_records  # noqa: E402
+from gpt2_lightning.evaluate.plot import read_scalars  # noqa: E402
+from gpt2_lightning.generation.sampling import generate  # noqa: E402
+from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402
+from gpt2_lightning.model.tokenizer import EOT_ID, encode  # noqa: E402
+from gpt2_lightning.train.checkpoints import model_from_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_DATA = REPO.parent / "shared" / "data" / "instruction-data.json"

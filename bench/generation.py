@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt, machine, model_pair, timeit  # noqa: E402
 
 from gpt2_lightning.devices import for_inference  # noqa: E402
-from gpt2_lightning.generation import generate  # noqa: E402
-from gpt2_lightning.model import GPTConfig  # noqa: E402
+from gpt2_lightning.generation.sampling import generate  # noqa: E402
+from gpt2_lightning.model.gpt import GPTConfig  # noqa: E402
 
 PROMPT, NEW = 60, 128
 
@@ -57,8 +57,8 @@ def main() -> None:
 
 
 def answer_split(model) -> None:
-    from gpt2_lightning.records import load_records, split_records
-    from gpt2_lightning.respond import GenerationSettings, answer_batch
+    from gpt2_lightning.data.records import load_records, split_records
+    from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
 
     seed = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
     test = split_records(load_records(seed))[2]

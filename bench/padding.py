@@ -19,10 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
-from gpt2_lightning.data import InstructionCollator, InstructionDataModule, LengthGroupedBatchSampler, padding_fraction  # noqa: E402
+from gpt2_lightning.data.datamodule import InstructionDataModule  # noqa: E402
+from gpt2_lightning.data.dataset import InstructionCollator  # noqa: E402
+from gpt2_lightning.data.sampler import LengthGroupedBatchSampler, padding_fraction  # noqa: E402
 from gpt2_lightning.devices import cpu_has_native_bf16  # noqa: E402
-from gpt2_lightning.loss import masked_lm_loss  # noqa: E402
-from gpt2_lightning.model import GPTConfig, GPTModel  # noqa: E402
+from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402
+from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
 
 SEED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
 

@@ -23,10 +23,10 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
+from gpt2_lightning.apps.serve import create_app  # noqa: E402
+from gpt2_lightning.data.prompts import get_style  # noqa: E402
 from gpt2_lightning.devices import for_inference  # noqa: E402
-from gpt2_lightning.model import GPTConfig, GPTModel  # noqa: E402
-from gpt2_lightning.prompts import get_style  # noqa: E402
-from gpt2_lightning.serve import create_app  # noqa: E402
+from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402
 
 SHAPES = {"tiny": GPTConfig(vocab_size=50257, context_length=256, emb_dim=64, n_layers=2, n_heads=4),
           "gpt2-small": GPTConfig.from_name("gpt2-small")}

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt, machine, model_pair, timeit  # noqa: E402
 
 from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
-from gpt2_lightning.loss import masked_lm_loss  # noqa: E402
-from gpt2_lightning.model import GPTConfig  # noqa: E402
+from gpt2_lightning.model.gpt import GPTConfig  # noqa: E402
+from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
 
 
 def peak_matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:

@@ -6,11 +6,7 @@ import functools
 
 import torch
 
-from gpt2_lightning.errors import Gpt2LightningError
-
-
-class ConfigError(Gpt2LightningError, ValueError):
-    """A setting that cannot work, found before any work starts."""
+from gpt2_lightning.errors import ConfigError
 
 
 def check_accelerator(accelerator: str) -> None:

@@ -31,9 +31,11 @@ def compose_train(output_dir: Path, *overrides: str):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    os.environ.setdefault("PROJECT_ROOT", str(REPO_ROOT))
+    from gpt2_lightning.resources import config_dir, register_resolvers
+
+    register_resolvers()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO_ROOT / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose("train.yaml", overrides=list(overrides), return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
@@ -61,8 +63,8 @@ def tiny_export(tmp_path_factory) -> Path:
     """A tiny random GPT-2 exported as model.safetensors + config.json (alpaca style)."""
     import torch
 
-    from gpt2_lightning.checkpoints import export_model
-    from gpt2_lightning.model import GPTConfig, GPTModel
+    from gpt2_lightning.export.folder import export_model
+    from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 
     torch.manual_seed(0)
     model = GPTModel(GPTConfig(vocab_size=50257, context_length=256, emb_dim=64, n_layers=2, n_heads=4))

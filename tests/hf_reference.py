@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt2_lightning.model import GPTConfig
+from gpt2_lightning.model.gpt import GPTConfig
 
 
 def hf_gpt2(cfg: GPTConfig, seed: int = 0) -> GPT2LMHeadModel:

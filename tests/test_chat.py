@@ -5,15 +5,15 @@ import subprocess
 import sys
 import time
 
-from gpt2_lightning.chat import ChatSession, ChatSettings
-from gpt2_lightning.checkpoints import load_model
+from gpt2_lightning.apps.chat import ChatSession, ChatSettings
+from gpt2_lightning.data.prompts import get_style
 from gpt2_lightning.devices import for_inference
-from gpt2_lightning.prompts import get_style
-from gpt2_lightning.respond import GenerationSettings, answer_batch
+from gpt2_lightning.export.load import load_model
+from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
 
 
 def chat(*args, stdin=""):
-    return subprocess.run([sys.executable, "-m", "gpt2_lightning.chat", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "gpt2_lightning", "chat", *args], input=stdin,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -60,7 +60,7 @@ def test_interactive_terminal_session(tiny_export):
     """A real pseudo-terminal: banner, prompt, answer, quit."""
     pid, fd = pty.fork()
     if pid == 0:
-        os.execv(sys.executable, [sys.executable, "-m", "gpt2_lightning.chat", str(tiny_export),
+        os.execv(sys.executable, [sys.executable, "-m", "gpt2_lightning", "chat", str(tiny_export),
                                   "--temperature", "0", "--max-tokens", "6"])
     output = b""
 

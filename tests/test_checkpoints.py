@@ -1,10 +1,12 @@
 import pytest
 import torch
 
-from gpt2_lightning.checkpoints import export_model, load_export, load_model, model_from_checkpoint
-from gpt2_lightning.model import GPTConfig, GPTModel
-from gpt2_lightning.pretrained import CheckpointMismatchError
-from gpt2_lightning.training import run
+from gpt2_lightning.apps.train import run
+from gpt2_lightning.errors import CheckpointMismatchError
+from gpt2_lightning.export.folder import export_model, load_export
+from gpt2_lightning.export.load import load_model
+from gpt2_lightning.model.gpt import GPTConfig, GPTModel
+from gpt2_lightning.train.checkpoints import model_from_checkpoint
 from tests.conftest import TINY_RUN, compose_train
 
 

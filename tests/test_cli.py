@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gpt2_lightning.plotting import read_scalars
+from gpt2_lightning.evaluate.plot import read_scalars
 from tests.conftest import run_train_py
 
 TINY = ["model=tiny", "data=sample", "trainer=cpu", "trainer.max_steps=2", "respond=false",

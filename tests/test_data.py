@@ -1,15 +1,11 @@
 import pytest
 import torch
 
-from gpt2_lightning.data import (
-    InstructionCollator,
-    InstructionDataModule,
-    InstructionDataset,
-    LengthGroupedBatchSampler,
-    padding_fraction,
-)
-from gpt2_lightning.prompts import format_example, format_prompt
-from gpt2_lightning.tokenizer import EOT_ID, encode
+from gpt2_lightning.data.datamodule import InstructionDataModule
+from gpt2_lightning.data.dataset import InstructionCollator, InstructionDataset
+from gpt2_lightning.data.prompts import format_example, format_prompt
+from gpt2_lightning.data.sampler import LengthGroupedBatchSampler, padding_fraction
+from gpt2_lightning.model.tokenizer import EOT_ID, encode
 from tests.conftest import REPO_ROOT
 
 E, X = EOT_ID, -100

@@ -4,7 +4,8 @@ import socket
 
 import pytest
 
-from gpt2_lightning.download import DownloadError, download
+from gpt2_lightning.errors import DownloadError
+from gpt2_lightning.fetch import download
 from tests.http_server import Faults, FileServer
 
 BODY = os.urandom(3 * (1 << 20) + 12345)

@@ -4,8 +4,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gpt2_lightning.evaluate import exact_match, main, rouge_l, score_responses
-from gpt2_lightning.judge import Judge, JudgeError, judge_prompt, parse_score
+from gpt2_lightning.apps.cli import main
+from gpt2_lightning.errors import JudgeError
+from gpt2_lightning.evaluate.judge import Judge, judge_prompt, parse_score
+from gpt2_lightning.evaluate.scores import exact_match, rouge_l, score_responses
 
 
 def test_rouge_l_and_exact_match():
@@ -79,7 +81,7 @@ def test_eval_command_keeps_training_metrics_and_adds_judge(tmp_path, capsys):
     (tmp_path / "eval.json").write_text(json.dumps({"test_loss": 1.5}))
     server = FakeJudge("70")
     try:
-        main([str(responses), "--judge-url", server.url])
+        main(["eval", str(responses), "--judge-url", server.url])
     finally:
         server.close()
     scores = json.loads((tmp_path / "eval.json").read_text())

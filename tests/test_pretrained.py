@@ -3,10 +3,9 @@ import hashlib
 import pytest
 import torch
 
-from gpt2_lightning.download import DownloadError
-from gpt2_lightning.model import GPTConfig, GPTModel
-from gpt2_lightning.pretrained import (
-    CheckpointMismatchError,
+from gpt2_lightning.errors import CheckpointMismatchError, DownloadError
+from gpt2_lightning.model.gpt import GPTConfig, GPTModel
+from gpt2_lightning.model.pretrained import (
     convert_hf_state_dict,
     hub_url,
     load_pretrained,

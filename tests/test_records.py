@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from gpt2_lightning.records import DataError, FieldNames, load_records, split_records
+from gpt2_lightning.data.records import FieldNames, load_records, split_records
+from gpt2_lightning.errors import DataError
 
 
 def write(tmp_path, content, name="data.json"):

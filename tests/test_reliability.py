@@ -11,10 +11,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gpt2_lightning.apps.train import run
+from gpt2_lightning.data.records import load_records, validate_record
+from gpt2_lightning.errors import DataError, TrainingDivergedError
 from gpt2_lightning.io import atomic_write
-from gpt2_lightning.module import TrainingDivergedError
-from gpt2_lightning.records import DataError, load_records, validate_record
-from gpt2_lightning.training import run
 from tests.conftest import REPO_ROOT, TINY_RUN, compose_train, run_train_py
 
 RESUMABLE = ("model=tiny", "data=sample", "trainer=cpu", "respond=false", "plot=false", "export=false",
@@ -88,7 +88,7 @@ def test_nan_loss_stops_training_naming_the_step(tmp_path):
 
 
 def test_unknown_model_names_are_refused():
-    from gpt2_lightning.model import GPTConfig
+    from gpt2_lightning.model.gpt import GPTConfig
     with pytest.raises(ValueError, match="unknown model 'gpt2-huge'.*missing vocab_size"):
         GPTConfig.from_spec("gpt2-huge", {"drop_rate": 0.1})
 

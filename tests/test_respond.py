@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from gpt2_lightning.checkpoints import load_model
-from gpt2_lightning.respond import GenerationSettings, answer_batch, main, respond
+from gpt2_lightning.apps.cli import main
+from gpt2_lightning.export.load import load_model
+from gpt2_lightning.generation.respond import GenerationSettings, answer_batch, respond
 from tests.conftest import REPO_ROOT
 
 RECORDS = json.loads((REPO_ROOT / "data" / "sample.json").read_text())[:7]
@@ -38,7 +39,7 @@ def test_an_interrupted_file_is_resumed_without_redoing_finished_records(tiny_ex
 def test_command_answers_custom_instructions_from_a_text_file(tiny_export, tmp_path, capsys):
     instructions = tmp_path / "mine.txt"
     instructions.write_text("Name a color.\n\nWrite a haiku about the sea.\n")
-    main([str(tiny_export), "--records", str(instructions), "--max-new-tokens", "5", "--dtype", "float32"])
+    main(["respond", str(tiny_export), "--records", str(instructions), "--max-new-tokens", "5", "--dtype", "float32"])
     answered = json.loads((tmp_path / "mine-responses.json").read_text())
     assert [r["instruction"] for r in answered] == ["Name a color.", "Write a haiku about the sea."]
     assert "2 responses in" in capsys.readouterr().out
@@ -46,6 +47,6 @@ def test_command_answers_custom_instructions_from_a_text_file(tiny_export, tmp_p
 
 def test_command_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path), "--records", str(tmp_path / "missing.txt")])
+        main(["respond", str(tmp_path), "--records", str(tmp_path / "missing.txt")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.txt'}: no such file"

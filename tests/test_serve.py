@@ -11,10 +11,10 @@ import requests
 import uvicorn
 from openai import OpenAI
 
-from gpt2_lightning.checkpoints import load_model
-from gpt2_lightning.prompts import get_style
-from gpt2_lightning.respond import GenerationSettings, answer_batch
-from gpt2_lightning.serve import create_app
+from gpt2_lightning.apps.serve import create_app
+from gpt2_lightning.data.prompts import get_style
+from gpt2_lightning.export.load import load_model
+from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_twenty_concurrent_requests_are_all_answered_while_health_answers(server
 
 
 def test_the_judge_can_score_through_this_server(server):
-    from gpt2_lightning.judge import Judge
+    from gpt2_lightning.evaluate.judge import Judge
     url, _ = server
     record = {"instruction": "Name a color.", "input": "", "output": "Red.", "model_response": "Blue."}
     text = Judge(f"{url}/v1", model="tiny").ask("Score this")

@@ -1,4 +1,10 @@
-from gpt2_lightning.tokenizer import EOT_ID, VOCAB_SIZE, decode, encode, get_tokenizer
+from gpt2_lightning.model.tokenizer import (
+    EOT_ID,
+    VOCAB_SIZE,
+    decode,
+    encode,
+    get_tokenizer,
+)
 
 
 def test_gpt2_encoding_round_trips_and_knows_end_of_text():

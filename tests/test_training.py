@@ -2,8 +2,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from gpt2_lightning.plotting import read_scalars
-from gpt2_lightning.training import run
+from gpt2_lightning.apps.train import run
+from gpt2_lightning.evaluate.plot import read_scalars
 from tests.conftest import TINY_RUN, compose_train
 
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from gpt2_lightning.cli import exit_on_user_error
-from gpt2_lightning.io import write_json
-from gpt2_lightning.judge import Judge
-from gpt2_lightning.records import DataError
+from gpt2_lightning.errors import DataError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -60,33 +56,7 @@ def score_responses(records: Sequence[dict]) -> dict:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """gpt2-eval RESPONSES [--out eval.json] [--judge-url URL --judge-model NAME]"""
-    parser = argparse.ArgumentParser(prog="gpt2-eval", description="Score a responses.json.")
-    parser.add_argument("responses", type=Path, help="responses.json (records with model_response)")
-    parser.add_argument("--out", type=Path, help="where to write the scores (default: eval.json beside it)")
-    parser.add_argument("--judge-url", help="Ollama (http://localhost:11434) or OpenAI-compatible (.../v1) URL")
-    parser.add_argument("--judge-model", default="llama3")
-    parser.add_argument("--judge-api", default="auto", choices=["auto", "ollama", "openai"])
-    args = parser.parse_args(argv)
-    with exit_on_user_error():
-        records = _read_responses(args.responses)
-        scores = score_responses(records)
-        out = args.out or args.responses.with_name("eval.json")
-        if out.is_file():  # keep what training wrote (test loss ...), update the rest
-            scores = {**json.loads(out.read_text()), **scores}
-        if args.judge_url:
-            judged = Judge(args.judge_url, args.judge_model, args.judge_api).score(records)
-            valid = [s for s in judged if s is not None]
-            scores["judge"] = {"model": args.judge_model, "scores": judged,
-                               "mean": sum(valid) / len(valid) if valid else None}
-        write_json(out, scores)
-        print(json.dumps({k: v for k, v in scores.items() if k != "judge"}, indent=2))
-        if "judge" in scores:
-            print(f"judge ({args.judge_model}) mean score: {scores['judge']['mean']}")
-
-
-def _read_responses(path: Path) -> list[dict]:
+def read_responses(path: Path) -> list[dict]:
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -101,6 +71,3 @@ def _read_responses(path: Path) -> list[dict]:
                 raise DataError(f"{path}: record {index}: field '{field}' missing or not a string")
     return records
 
-
-if __name__ == "__main__":
-    main()

@@ -13,16 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2_lightning.errors import Gpt2LightningError
+from gpt2_lightning.errors import DataError
 
 SEED_DATA_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
                  "ch07/01_main-chapter-code/instruction-data.json")
 
 Record = dict
 
-
-class DataError(Gpt2LightningError, ValueError):
-    """Bad instruction data: the message names the file, the record and the field."""
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,13 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torchmetrics import MeanMetric
 
-from gpt2_lightning.errors import Gpt2LightningError
-from gpt2_lightning.loss import masked_lm_loss
-from gpt2_lightning.model import GPTConfig, GPTModel
+from gpt2_lightning.errors import TrainingDivergedError
+from gpt2_lightning.model.gpt import GPTConfig, GPTModel
+from gpt2_lightning.train.loss import masked_lm_loss
 
 # Strategies whose gradients are whole local tensors that torch's clipping can handle.
 SingleOrDDP = (SingleDeviceStrategy, DDPStrategy)
 
-
-class TrainingDivergedError(Gpt2LightningError, RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float):
@@ -154,15 +151,3 @@ class InstructionTuner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
-
-
-def fsdp_strategy(activation_checkpointing: bool = False, **kwargs):
-    """Lightning's FSDP, sharding per transformer block (for gpt2-large and gpt2-xl)."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    from gpt2_lightning.model import TransformerBlock
-
-    blocks = {TransformerBlock}
-    return FSDPStrategy(auto_wrap_policy=blocks,
-                        activation_checkpointing_policy=blocks if activation_checkpointing else None,
-                        **kwargs)

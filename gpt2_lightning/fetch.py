@@ -16,13 +16,10 @@ import requests
 from tqdm.auto import tqdm
 from urllib3.exceptions import NewConnectionError
 
-from gpt2_lightning.errors import Gpt2LightningError
+from gpt2_lightning.errors import DownloadError
 
 CHUNK_BYTES = 1 << 16
 
-
-class DownloadError(Gpt2LightningError, RuntimeError):
-    """A download failed for good; the message says which URL and what to do instead."""
 
 
 def sha256_of(path: Path) -> str:

@@ -6,27 +6,22 @@ answered batch: an interrupted run resumes after the last saved record.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from gpt2_lightning.checkpoints import load_model
-from gpt2_lightning.cli import add_device_arguments, exit_on_user_error
-from gpt2_lightning.devices import for_inference
-from gpt2_lightning.generation import generate_batch, sampling_generator
+from gpt2_lightning.data.prompts import PromptStyle, get_style
+from gpt2_lightning.data.records import load_records
+from gpt2_lightning.errors import DataError
+from gpt2_lightning.generation.sampling import generate_batch, sampling_generator
 from gpt2_lightning.io import write_json
-from gpt2_lightning.model import GPTModel
-from gpt2_lightning.prompts import PromptStyle, get_style
-from gpt2_lightning.records import DataError, load_records
-from gpt2_lightning.tokenizer import decode, encode
+from gpt2_lightning.model.gpt import GPTModel
+from gpt2_lightning.model.tokenizer import decode, encode
 
 
 @dataclass
@@ -103,52 +98,3 @@ def read_instructions(path: Path) -> list[dict]:
     if not records:
         raise DataError(f"{path}: no instructions (one per line)")
     return records
-
-
-def run_test_split(run_dir: Path) -> list[dict]:
-    """The test records of a training run, split again from its saved data config."""
-    config = run_dir / ".hydra" / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no .hydra/config.yaml); give --records")
-    os.environ.setdefault("PROJECT_ROOT", str(Path.cwd()))
-    cfg = OmegaConf.load(config)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.setup()
-    return datamodule.datasets["test"].records
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """gpt2-respond MODEL [--records FILE] [--out FILE]"""
-    parser = argparse.ArgumentParser(
-        prog="gpt2-respond", description="Answer instructions with a model and save them as JSON "
-        "(resumes an interrupted file). Without --records, MODEL must be a run directory: its "
-        "test split is answered into <run>/responses.json.")
-    parser.add_argument("model", type=Path, help="run directory, export folder, .ckpt, or GPT-2 weights")
-    parser.add_argument("--records", type=Path, help="JSON/JSONL records, or a text file of instructions")
-    parser.add_argument("--out", type=Path, help="output JSON (default: <run>/responses.json, or "
-                        "<records>-responses.json)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=123)
-    add_device_arguments(parser)
-    args = parser.parse_args(argv)
-    with exit_on_user_error():
-        if args.records is None:
-            records = run_test_split(args.model)
-            out = args.out or args.model / "responses.json"
-        else:
-            records = read_instructions(args.records)
-            out = args.out or args.records.with_name(f"{args.records.stem}-responses.json")
-        model, meta = load_model(args.model)
-        settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                                      args.batch_size, args.seed)
-        model = for_inference(model, args.device, args.dtype)
-        answered = respond(model, records, out, meta["prompt_style"], settings)
-        print(f"{len(answered)} responses in {out}")
-
-
-if __name__ == "__main__":
-    main()

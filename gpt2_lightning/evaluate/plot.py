@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from gpt2_lightning.cli import exit_on_user_error  # noqa: E402
 from gpt2_lightning.io import atomic_write  # noqa: E402
 
 
@@ -56,17 +54,3 @@ def plot_losses(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
         fig.savefig(f, format="png")
     plt.close(fig)
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """gpt2-plot RUN_DIR [--out FILE]"""
-    parser = argparse.ArgumentParser(prog="gpt2-plot", description="Plot a run's losses into loss.png.")
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--out", type=Path, help="default: <run_dir>/loss.png")
-    args = parser.parse_args(argv)
-    with exit_on_user_error():
-        print(plot_losses(args.run_dir, args.out))
-
-
-if __name__ == "__main__":
-    main()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from gpt2_lightning.data import IGNORE_INDEX
-from gpt2_lightning.model import GPTModel
+from gpt2_lightning.data.dataset import IGNORE_INDEX
+from gpt2_lightning.model.gpt import GPTModel
 
 # Logit elements per chunk of rows: ~3 MB of fp32 on CPU (stays in cache), 256 MB elsewhere.
 CHUNK_ELEMENTS = {"cpu": 1 << 20}

@@ -1,8 +1,8 @@
-"""Talk to a fine-tuned model in the terminal: gpt2-chat MODEL [--prompt TEXT]
+"""Talk to a model in the terminal.
 
-MODEL is a run directory, an export folder, a ``.ckpt`` file, or GPT-2 weights. Answers
+MODEL is a run directory, an export folder, a .ckpt file, or GPT-2 weights. Answers
 stream as they are generated; Ctrl-C stops an answer, not the program; /help lists the
-commands. ``--prompt TEXT`` (or ``--prompt -`` to read standard input) answers once.
+commands. --prompt TEXT (or --prompt - to read standard input) answers once.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gpt2_lightning.checkpoints import load_model
-from gpt2_lightning.cli import add_device_arguments, exit_on_user_error
+from gpt2_lightning.apps.common import add_device_arguments
+from gpt2_lightning.data.prompts import PromptStyle, get_style
 from gpt2_lightning.devices import for_inference
-from gpt2_lightning.generation import TextStream, sampling_generator
+from gpt2_lightning.export.load import load_model
+from gpt2_lightning.generation.sampling import sampling_generator
+from gpt2_lightning.generation.stream import TextStream
 from gpt2_lightning.io import write_json
-from gpt2_lightning.model import GPTModel
-from gpt2_lightning.prompts import PromptStyle, get_style
-from gpt2_lightning.tokenizer import encode
+from gpt2_lightning.model.gpt import GPTModel
+from gpt2_lightning.model.tokenizer import encode
 
 HELP = """commands:
   /new                 start a new conversation (forget the history)
@@ -164,36 +165,37 @@ def run_command(session: ChatSession, command: str, args: list[str]) -> str:
     return f"unknown command /{command}; /help lists them"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="gpt2-chat", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=HELP)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ChatSettings()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = HELP
     parser.add_argument("model", help="run directory, export folder, .ckpt, or GPT-2 weights / size name")
     parser.add_argument("--prompt", help="answer this once and exit ('-': read it from standard input)")
     parser.add_argument("--style", help="prompt style (default: the one the model was trained with)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--max-tokens", type=int, default=200)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help="0: greedy (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k,
+                        help="sample from the k most likely tokens only (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this mass")
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
+                        help="longest answer in tokens (default: %(default)s)")
+    parser.add_argument("--seed", type=int, help="for reproducible sampling (default: a fresh one)")
     add_device_arguments(parser)
-    args = parser.parse_args(argv)
-    with exit_on_user_error():
-        model, meta = load_model(args.model)
-        settings = ChatSettings(args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed)
-        style = get_style(args.style or meta["prompt_style"])
-        session = ChatSession(for_inference(model, args.device, args.dtype), style, settings)
-        if args.prompt is not None:
-            message = sys.stdin.read() if args.prompt == "-" else args.prompt
-            for piece in session.stream(message.strip()):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            return
-        if sys.stdin.isatty():
-            print(f"gpt2-chat: {args.model} ({model.num_parameters() / 1e6:.0f}M parameters, "
-                  f"{session.style.name} prompts). /help for commands, /quit to leave.")
-        sys.exit(run_repl(session, sys.stdin, sys.stdout))
 
 
-if __name__ == "__main__":
-    main()
+def run(args: argparse.Namespace) -> int:
+    model, meta = load_model(args.model)
+    settings = ChatSettings(args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed)
+    style = get_style(args.style or meta["prompt_style"])
+    session = ChatSession(for_inference(model, args.device, args.dtype), style, settings)
+    if args.prompt is not None:
+        message = sys.stdin.read() if args.prompt == "-" else args.prompt
+        for piece in session.stream(message.strip()):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    if sys.stdin.isatty():
+        print(f"gpt2 chat: {args.model} ({model.num_parameters() / 1e6:.0f}M parameters, "
+              f"{session.style.name} prompts). /help for commands, /quit to leave.")
+    return run_repl(session, sys.stdin, sys.stdout)

@@ -1,10 +1,11 @@
-"""The training job behind ``train.py``: fit -> best checkpoint -> test -> export ->
-respond -> evaluate -> plot, all in one run directory."""
+"""The training job behind ``gpt2 train`` and ``python train.py``: fit -> best checkpoint ->
+test -> export -> respond -> evaluate -> plot, all in one run directory."""
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,17 +16,20 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gpt2_lightning.allocator import keep_freed_memory
-from gpt2_lightning.callbacks import GracefulStop, last_checkpoint_path
-from gpt2_lightning.checkpoints import export_model, load_checkpoint_weights, read_checkpoint
-from gpt2_lightning.data import InstructionDataModule
+from gpt2_lightning.apps.common import exit_on_user_error
+from gpt2_lightning.data.datamodule import InstructionDataModule
 from gpt2_lightning.devices import check_accelerator, for_inference, resolve_precision
-from gpt2_lightning.evaluate import score_responses
+from gpt2_lightning.evaluate.plot import plot_losses
+from gpt2_lightning.evaluate.scores import score_responses
+from gpt2_lightning.export.folder import export_model
+from gpt2_lightning.generation.respond import GenerationSettings, respond
 from gpt2_lightning.io import write_json
-from gpt2_lightning.model import GPTConfig, GPTModel
-from gpt2_lightning.module import InstructionTuner
-from gpt2_lightning.plotting import plot_losses
-from gpt2_lightning.pretrained import load_pretrained
-from gpt2_lightning.respond import GenerationSettings, respond
+from gpt2_lightning.model.gpt import GPTConfig, GPTModel
+from gpt2_lightning.model.pretrained import load_pretrained
+from gpt2_lightning.resources import config_dir, register_resolvers
+from gpt2_lightning.train.callbacks import GracefulStop, last_checkpoint_path
+from gpt2_lightning.train.checkpoints import load_checkpoint_weights, read_checkpoint
+from gpt2_lightning.train.module import InstructionTuner
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     datamodule: InstructionDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # bad data fails here, before a model is built or downloaded
     datamodule.setup()
-    model = build_model(cfg.model, cfg.paths.weights_cache, resuming=cfg.ckpt_path is not None)
+    model = build_model(cfg.model, cfg.paths.cache_dir, resuming=cfg.ckpt_path is not None)
     if datamodule.max_length is None:
         datamodule.max_length = model.cfg.context_length
     tuner = InstructionTuner(model.cfg.to_dict(), prompt_style=datamodule.prompt_style,
@@ -128,3 +132,17 @@ def finish_run(cfg: DictConfig, tuner: InstructionTuner, datamodule: Instruction
         log.info("eval: %s", scores)
     if cfg.plot and cfg.train and (output_dir / "tensorboard").is_dir():
         log.info("loss plot: %s", plot_losses(output_dir))
+
+
+def main(overrides: Sequence[str] | None = None) -> None:
+    """Compose ``conf/train.yaml`` with Hydra from ``overrides`` (default: the command line's
+    arguments, as ``python train.py`` passes them) and run the job."""
+    if overrides is not None:
+        sys.argv = [sys.argv[0], *overrides]  # Hydra reads its arguments from sys.argv
+    register_resolvers()
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train.yaml")(_job)()
+
+
+def _job(cfg: DictConfig) -> float | None:
+    with exit_on_user_error():
+        return run(cfg)

@@ -1,16 +1,14 @@
-"""An OpenAI-compatible HTTP server and a web chat page over a fine-tuned model.
+"""Serve a model over an OpenAI-compatible HTTP API, with a web chat page.
 
-    gpt2-serve checkpoint=outputs/<date>/<time> [port=8000] [host=127.0.0.1]
-    python -m gpt2_lightning.serve checkpoint=...
-
-``POST /v1/chat/completions`` and ``POST /v1/completions`` (with ``stream: true`` as
-server-sent events), ``GET /v1/models``, ``GET /health``, and the chat page at ``/``.
-One model, one generation at a time: requests wait their turn in arrival order, while
-``/health`` and the page keep answering.
+POST /v1/chat/completions and POST /v1/completions (with "stream": true as server-sent
+events), GET /v1/models, GET /health, and the chat page at /. One model, one generation
+at a time: requests wait their turn in arrival order, while /health and the page keep
+answering.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import threading
@@ -27,10 +25,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
-from gpt2_lightning.generation import TextStream, sampling_generator
-from gpt2_lightning.model import GPTModel
-from gpt2_lightning.prompts import PromptStyle
-from gpt2_lightning.tokenizer import encode, get_tokenizer
+from gpt2_lightning.apps.common import add_device_arguments
+from gpt2_lightning.data.prompts import PromptStyle, get_style
+from gpt2_lightning.devices import for_inference
+from gpt2_lightning.export.load import load_model
+from gpt2_lightning.generation.sampling import sampling_generator
+from gpt2_lightning.generation.stream import TextStream
+from gpt2_lightning.model.gpt import GPTModel
+from gpt2_lightning.model.tokenizer import encode, get_tokenizer
 
 
 class APIError(Exception):
@@ -165,7 +167,7 @@ def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning"
     engine = Generator(model, style, name, default_max_tokens)
     app = FastAPI(title="gpt2-lightning", docs_url="/docs")
     app.state.engine = engine
-    page = resources.files("gpt2_lightning").joinpath("chat.html").read_text(encoding="utf-8")
+    page = resources.files("gpt2_lightning.apps").joinpath("chat.html").read_text(encoding="utf-8")
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError):
@@ -266,31 +268,26 @@ def _error(status: int, message: str, param: str | None = None, kind: str = "inv
                         content={"error": {"message": message, "type": kind, "param": param, "code": None}})
 
 
-def main() -> None:
-    import hydra
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="what to serve: a run directory, export folder, .ckpt, or GPT-2 weights")
+    parser.add_argument("--name", help="the model id in the API (default: the folder or file name)")
+    parser.add_argument("--style", help="prompt style (default: the one the model was trained with)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 0.0.0.0 exposes the server to the network (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=256,
+                        help="answer length when a request does not say (default: %(default)s)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                        help="the server's log (default: %(default)s)")
+    add_device_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> None:
     import uvicorn
-    from omegaconf import DictConfig
 
-    from gpt2_lightning.checkpoints import load_model
-    from gpt2_lightning.cli import exit_on_user_error
-    from gpt2_lightning.devices import default_device, for_inference
-    from gpt2_lightning.prompts import get_style
-
-    conf = Path(__file__).resolve().parents[1] / "conf"  # the repository's conf/, as train.py uses
-
-    @hydra.main(version_base="1.3", config_path=str(conf), config_name="serve.yaml")
-    def serve(cfg: DictConfig) -> None:
-        with exit_on_user_error():
-            model, meta = load_model(cfg.checkpoint)
-            device = cfg.device if cfg.device != "auto" else default_device()
-            style = get_style(cfg.prompt_style or meta["prompt_style"])
-            name = cfg.name or Path(str(cfg.checkpoint)).name or "gpt2-lightning"
-            app = create_app(for_inference(model, device, cfg.dtype), style, name, cfg.max_tokens)
-        print(f"serving {name} ({style.name} prompts) on http://{cfg.host}:{cfg.port}/")
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
-
-    serve()
-
-
-if __name__ == "__main__":
-    main()
+    model, meta = load_model(args.model)
+    style = get_style(args.style or meta["prompt_style"])
+    name = args.name or Path(args.model).name or "gpt2-lightning"
+    app = create_app(for_inference(model, args.device, args.dtype), style, name, args.max_tokens)
+    print(f"serving {name} ({style.name} prompts) on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

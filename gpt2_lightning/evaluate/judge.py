@@ -9,12 +9,8 @@ from collections.abc import Sequence
 
 import requests
 
-from gpt2_lightning.errors import Gpt2LightningError
-from gpt2_lightning.prompts import get_style
-
-
-class JudgeError(Gpt2LightningError, RuntimeError):
-    """The judge endpoint is unreachable or answers something unusable."""
+from gpt2_lightning.data.prompts import get_style
+from gpt2_lightning.errors import JudgeError
 
 
 def judge_prompt(record: dict) -> str:

@@ -12,9 +12,10 @@ import safetensors
 import safetensors.torch
 import torch
 
-from gpt2_lightning.download import download
-from gpt2_lightning.errors import Gpt2LightningError
-from gpt2_lightning.model import GPT2_ALIASES, GPTConfig, GPTModel
+from gpt2_lightning import resources
+from gpt2_lightning.errors import CheckpointMismatchError
+from gpt2_lightning.fetch import download
+from gpt2_lightning.model.gpt import GPT2_ALIASES, GPTConfig, GPTModel
 
 # Hugging Face GPT-2 submodule name -> ours. Conv1D layers store weights as [in, out].
 _LAYER_KEYS = {
@@ -32,9 +33,6 @@ _TOP_KEYS = {"wte.weight": "tok_emb.weight", "wpe.weight": "pos_emb.weight",
 _BUFFER_KEY = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _LAYER_KEY = re.compile(r"^h\.(\d+)\.(.+)\.(weight|bias)$")
 
-
-class CheckpointMismatchError(Gpt2LightningError, ValueError):
-    """A state dict does not fit the model it is loaded into."""
 
 
 def convert_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -112,14 +110,6 @@ HUB_URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.saf
 WEIGHTS_FILE = "model.safetensors"
 
 
-def default_cache_dir() -> Path:
-    """``$GPT2_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/gpt2-lightning``, else ``~/.cache/...``."""
-    if os.environ.get("GPT2_LIGHTNING_CACHE"):
-        return Path(os.environ["GPT2_LIGHTNING_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "gpt2-lightning"
-
-
 def hub_url(name: str) -> str:
     """The public ``model.safetensors`` of a GPT-2 size on the Hugging Face hub."""
     canonical = GPT2_ALIASES.get(name.lower(), name.lower())
@@ -134,7 +124,7 @@ def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLik
 
     Sizes and URLs are downloaded once into ``cache_dir`` and reused afterwards.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir is not None else resources.cache_dir()
     spec = os.fspath(name_or_path)
     if spec.startswith(("http://", "https://")):
         digest = hashlib.sha256(spec.encode()).hexdigest()[:16]

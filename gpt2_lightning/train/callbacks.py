@@ -11,8 +11,8 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gpt2_lightning.prompts import format_prompt
-from gpt2_lightning.respond import GenerationSettings, answer_batch
+from gpt2_lightning.data.prompts import format_prompt
+from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,12 @@ import os
 
 import tiktoken
 
-from gpt2_lightning.errors import Gpt2LightningError
+from gpt2_lightning.errors import TokenizerUnavailableError
 
 EOT_TOKEN = "<|endoftext|>"
 EOT_ID = 50256
 VOCAB_SIZE = 50257
 
-
-class TokenizerUnavailableError(Gpt2LightningError, RuntimeError):
-    """The GPT-2 vocabulary is neither cached nor downloadable."""
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,68 @@
+"""Answer instructions with a model and save them as JSON (resumes an interrupted file).
+
+Without --records, MODEL must be a run directory: its test split is answered into
+<run>/responses.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import hydra
+from omegaconf import OmegaConf
+
+from gpt2_lightning.apps.common import add_device_arguments
+from gpt2_lightning.devices import for_inference
+from gpt2_lightning.export.load import load_model
+from gpt2_lightning.generation.respond import (
+    GenerationSettings,
+    read_instructions,
+    respond,
+)
+from gpt2_lightning.resources import register_resolvers
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = GenerationSettings()
+    parser.add_argument("model", type=Path, help="run directory, export folder, .ckpt, or GPT-2 weights")
+    parser.add_argument("--records", type=Path, help="JSON/JSONL records, or a text file with one instruction "
+                        "per line")
+    parser.add_argument("--out", type=Path, help="output JSON (default: <run>/responses.json, or "
+                        "<records>-responses.json)")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help="longest answer in tokens (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help="0: greedy (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens only")
+    parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this mass")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="prompts answered together (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="for sampling (default: %(default)s)")
+    add_device_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.records is None:
+        records = run_test_split(args.model)
+        out = args.out or args.model / "responses.json"
+    else:
+        records = read_instructions(args.records)
+        out = args.out or args.records.with_name(f"{args.records.stem}-responses.json")
+    model, meta = load_model(args.model)
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                                  args.batch_size, args.seed)
+    model = for_inference(model, args.device, args.dtype)
+    answered = respond(model, records, out, meta["prompt_style"], settings)
+    print(f"{len(answered)} responses in {out}")
+
+
+def run_test_split(run_dir: Path) -> list[dict]:
+    """The test records of a training run, split again from its saved data config."""
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no .hydra/config.yaml); give --records")
+    register_resolvers()
+    datamodule = hydra.utils.instantiate(OmegaConf.load(config).data)
+    datamodule.setup()
+    return datamodule.datasets["test"].records

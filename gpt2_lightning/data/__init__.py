@@ -1,0 +1,1 @@
+"""Instruction data: records and their formats, prompt styles, the dataset, sampler, collator and data module."""

@@ -1,0 +1,120 @@
+"""``InstructionDataModule``: download, validate, format, split and batch instruction data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from gpt2_lightning.data.dataset import InstructionCollator, InstructionDataset
+from gpt2_lightning.data.prompts import get_style
+from gpt2_lightning.data.records import FieldNames, load_records, split_records
+from gpt2_lightning.data.sampler import LengthGroupedBatchSampler
+from gpt2_lightning.errors import DataError
+from gpt2_lightning.fetch import download
+
+
+@dataclass
+class InstructionDataModule(L.LightningDataModule):
+    """Alpaca-style instruction data: download, validate, format, split, batch."""
+
+    path: str = "data/instruction-data.json"
+    """JSON array or JSON Lines file of records."""
+    url: str | None = None
+    """Downloaded to ``path`` once when the file is missing (``null``: never download)."""
+    prompt_style: str = "alpaca"
+    """A name in ``gpt2_lightning.prompts.PROMPT_STYLES``."""
+    fields: FieldNames = field(default_factory=FieldNames)
+    """Record keys of instruction, input and output."""
+    split: tuple[float, float, float] = (0.85, 0.05, 0.10)
+    """Fractions of train, val and test records."""
+    shuffle_before_split: bool = False
+    """Shuffle records (with ``seed``) before splitting; off reproduces the reference split."""
+    seed: int = 123
+    batch_size: int = 8
+    eval_batch_size: int | None = None
+    """Batch size of val/test loaders (default: ``batch_size``)."""
+    max_length: int | None = None
+    """Cut sequences to this many tokens (set to the model's context length when None)."""
+    mask_prompt: bool = False
+    """Leave prompt tokens out of the loss."""
+    group_by_length: bool = False
+    """Batch training examples of similar length together. Off by default: the training loss
+    skips padding everywhere but in attention, and batches of alike examples train worse
+    (seed data, 2 epochs of gpt2-small from random init: val loss 2.20 with shuffled batches;
+    2.23, 2.27, 2.29 with examples sorted 4, 16, 64 batches at a time). On for long sequences,
+    whose padding costs attention time."""
+    group_batches: int = 16
+    """With ``group_by_length``: examples of this many batches are sorted by length together
+    (seed data, batch 8: 8.1% padding at 4, 2.7% at 16, 0.7% at 64; 19.4% shuffled)."""
+    num_workers: int = 0
+    pin_memory: bool = False
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        if not isinstance(self.fields, FieldNames):
+            self.fields = FieldNames(**self.fields)
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be at least 1, got {self.batch_size}")
+        if self.group_batches < 1:
+            raise ValueError(f"data.group_batches must be at least 1, got {self.group_batches}")
+        self.style = get_style(self.prompt_style)
+        self.datasets: dict[str, InstructionDataset] = {}
+        self._resume_at: tuple[int, int] | None = None
+
+    def prepare_data(self) -> None:
+        if not Path(self.path).is_file() and self.url:
+            download(self.url, self.path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        if not Path(self.path).is_file() and not self.url:
+            raise DataError(f"{self.path}: no such file (give data.path an existing file, or "
+                            f"data.url to download one)")
+        records = load_records(self.path, self.fields)
+        splits = split_records(records, self.split, self.shuffle_before_split, self.seed)
+        self.datasets = {name: InstructionDataset(part, self.style)
+                         for name, part in zip(("train", "val", "test"), splits)}
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the training data stands (saved in checkpoints): a resumed run continues
+        with the next batch of the same epoch instead of restarting the epoch."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        # "processed", not "completed": a checkpoint saved from on_train_batch_end already
+        # holds the step of the batch that is not yet counted as completed.
+        return {"epoch": trainer.current_epoch,
+                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if "epoch" in state_dict:
+            self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
+
+    def _loader(self, name: str, train: bool) -> DataLoader:
+        dataset = self.datasets[name]
+        trainer = getattr(self, "trainer", None)
+        sampler = LengthGroupedBatchSampler(
+            dataset.lengths, self.batch_size if train else (self.eval_batch_size or self.batch_size),
+            shuffle=train, group_by_length=self.group_by_length and train, group_batches=self.group_batches,
+            seed=self.seed,
+            drop_last=False, num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0)
+        if train:  # Lightning may build this loader more than once (e.g. to count steps)
+            sampler.resume_at = self._resume_at
+        return DataLoader(dataset, batch_sampler=sampler,
+                          collate_fn=InstructionCollator(self.max_length, self.mask_prompt),
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

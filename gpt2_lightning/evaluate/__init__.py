@@ -1,0 +1,1 @@
+"""Scores of answers (exact match, ROUGE-L, an LLM judge) and the loss plot."""

@@ -1,0 +1,1 @@
+"""The trained weights in a form to load elsewhere, and loading any of them back."""

@@ -1,0 +1,33 @@
+"""``load_model``: a model ready to generate from anything a user has."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from gpt2_lightning.export.folder import is_export, load_export
+from gpt2_lightning.model.gpt import GPTModel
+from gpt2_lightning.model.pretrained import load_pretrained
+from gpt2_lightning.train.checkpoints import model_from_checkpoint
+
+
+def load_model(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+               ) -> tuple[GPTModel, dict[str, Any]]:
+    """A model in eval mode and its metadata (``prompt_style``) from whatever a user has:
+    an export folder, a run directory (its export, else its best or last checkpoint), a
+    Lightning ``.ckpt``, or GPT-2 weights (a size name, safetensors file or folder, URL;
+    these have no prompt style of their own and get ``alpaca``)."""
+    path = Path(spec)
+    if path.is_dir():
+        for folder in (path, path / "export"):
+            if is_export(folder):
+                return load_export(folder)
+        candidates = sorted((path / "checkpoints").glob("best-*.ckpt")) + [path / "checkpoints" / "last.ckpt"]
+        for checkpoint in candidates:
+            if checkpoint.is_file():
+                return model_from_checkpoint(checkpoint)
+    elif path.suffix == ".ckpt":
+        return model_from_checkpoint(path)
+    model = load_pretrained(spec, cache_dir)
+    return model.eval(), {"model": model.cfg.to_dict(), "prompt_style": "alpaca"}

@@ -1,0 +1,1 @@
+"""Generation: sampling with a KV cache, streamed text, answering records into JSON."""

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the loss, callbacks, checkpoints and strategies."""

@@ -1,0 +1,52 @@
+"""Lightning checkpoints (``.ckpt``) read without Lightning: checked, ``weights_only``, and
+turned into the model they hold."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt2_lightning.errors import CheckpointMismatchError
+from gpt2_lightning.model.gpt import GPTConfig, GPTModel
+from gpt2_lightning.model.pretrained import load_state_dict_checked
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A Lightning checkpoint, loaded with ``weights_only=True`` (no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointMismatchError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError ... by cause
+        raise CheckpointMismatchError(
+            f"{path}: not a readable checkpoint (truncated, corrupt or not a PyTorch file: "
+            f"{str(err).splitlines()[0][:200]})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint \
+            or "gpt_config" not in checkpoint.get("hyper_parameters", {}):
+        raise CheckpointMismatchError(f"{path}: not a gpt2-lightning training checkpoint "
+                                      f"(no state_dict / model config inside)")
+    return checkpoint
+
+
+def _load_weights(model: GPTModel, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    load_state_dict_checked(model, state, source=str(path))
+
+
+def load_checkpoint_weights(model: GPTModel, path: str | os.PathLike) -> None:
+    """Put the GPT weights of a Lightning checkpoint into ``model`` (shapes checked)."""
+    _load_weights(model, read_checkpoint(path), path)
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[GPTModel, dict[str, Any]]:
+    """The model of a Lightning checkpoint (``.ckpt``), built from its saved config, and
+    its metadata (``model``, ``prompt_style``)."""
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint["hyper_parameters"]
+    model = GPTModel(GPTConfig.from_dict(hparams["gpt_config"]))
+    _load_weights(model, checkpoint, path)
+    return model.eval(), {"model": model.cfg.to_dict(), "prompt_style": hparams.get("prompt_style", "alpaca")}

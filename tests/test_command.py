@@ -1,0 +1,96 @@
+"""The ``gpt2`` command: verbs, help, and each verb run as a user runs it."""
+
+import argparse
+import importlib
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from gpt2_lightning.apps.cli import VERBS, main, verb_parser
+from tests.conftest import REPO_ROOT, run_train_py
+
+
+def gpt2(*args: str, cwd=REPO_ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpt2_lightning", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_every_verb():
+    result = gpt2("--help")
+    assert result.returncode == 0
+    listed = re.findall(r"^    (\w+) ", result.stdout, re.M)
+    assert listed == ["train", "chat", "respond", "eval", "plot", "serve"]
+
+
+@pytest.mark.parametrize("verb", [v for v in VERBS if v != "train"])
+def test_every_option_of_every_verb_is_documented(verb):
+    parser = verb_parser(verb, importlib.import_module(f"gpt2_lightning.apps.{VERBS[verb][0]}"))
+    assert parser.description
+    undocumented = [a.dest for a in parser._actions if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert undocumented == []
+
+
+def test_unknown_verb_and_no_verb_exit_2_with_usage():
+    for args in (["fly"], []):
+        result = gpt2(*args)
+        assert result.returncode == 2
+        assert result.stderr.startswith("usage: gpt2 ") and "Traceback" not in result.stderr
+
+
+def test_verb_user_errors_are_one_line_and_exit_2(tmp_path):
+    result = gpt2("plot", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'tensorboard'}: no train_loss scalars to plot"
+
+
+def test_train_composes_exactly_what_train_py_composes(tmp_path):
+    overrides = ["model=tiny", "data=sample", "optimizer.lr=1e-3", "--cfg", "job"]
+    by_verb = gpt2("train", *overrides, cwd=tmp_path)
+    by_script = run_train_py(*overrides, cwd=tmp_path)
+    assert by_verb.returncode == by_script.returncode == 0, by_verb.stderr + by_script.stderr
+    assert "lr: 0.001" in by_verb.stdout and by_verb.stdout == by_script.stdout
+
+
+def test_main_returns_the_verbs_exit_code(tiny_export, tmp_path, capsys):
+    records = tmp_path / "mine.txt"
+    records.write_text("Name a color.\n")
+    assert main(["respond", str(tiny_export), "--records", str(records), "--max-new-tokens", "2"]) == 0
+    assert "1 responses in" in capsys.readouterr().out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_health_and_chat_from_another_directory(tiny_export, tmp_path):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "gpt2_lightning", "serve", str(tiny_export), "--port", str(port),
+                               "--name", "tiny", "--log-level", "warning"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                    health = json.load(response)
+                break
+            except OSError:
+                assert server.poll() is None, server.communicate()[1]
+                time.sleep(0.5)
+        assert health["status"] == "ok" and health["model"] == "tiny"
+        body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}).encode()
+        request = urllib.request.Request(f"{url}/v1/chat/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.load(response)
+        assert answer["model"] == "tiny" and answer["usage"]["completion_tokens"] <= 3
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -46,10 +46,7 @@ def model_pair(cfg):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from gpt2_lightning.model.gpt import GPTModel
-    from gpt2_lightning.model.pretrained import (
-        convert_hf_state_dict,
-        load_state_dict_checked,
-    )
+    from gpt2_lightning.model.pretrained import convert_hf_state_dict, load_state_dict_checked
 
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context_length,

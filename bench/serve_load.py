@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     torch.manual_seed(0)
-    model = for_inference(GPTModel(SHAPES[args.model]), "cpu")  # as gpt2-serve runs it
+    model = for_inference(GPTModel(SHAPES[args.model]), "cpu")  # as gpt2 serve runs it
     app = create_app(model, get_style("alpaca"), name=args.model)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

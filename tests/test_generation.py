@@ -1,17 +1,9 @@
 import pytest
 import torch
 
-from gpt2_lightning.generation.sampling import (
-    generate,
-    generate_batch,
-    sample_next,
-    stream_tokens,
-)
+from gpt2_lightning.generation.sampling import generate, generate_batch, sample_next, stream_tokens
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
-from gpt2_lightning.model.pretrained import (
-    convert_hf_state_dict,
-    load_state_dict_checked,
-)
+from gpt2_lightning.model.pretrained import convert_hf_state_dict, load_state_dict_checked
 from tests.hf_reference import hf_gpt2
 
 TINY = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_layers=2, n_heads=4)

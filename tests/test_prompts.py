@@ -1,11 +1,6 @@
 import pytest
 
-from gpt2_lightning.data.prompts import (
-    extract_response,
-    format_example,
-    format_prompt,
-    get_style,
-)
+from gpt2_lightning.data.prompts import extract_response, format_example, format_prompt, get_style
 
 WITH_INPUT = {"instruction": "Rewrite the sentence in passive voice.", "input": "The dog chased the ball.",
               "output": "The ball was chased by the dog."}

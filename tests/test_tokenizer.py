@@ -1,10 +1,4 @@
-from gpt2_lightning.model.tokenizer import (
-    EOT_ID,
-    VOCAB_SIZE,
-    decode,
-    encode,
-    get_tokenizer,
-)
+from gpt2_lightning.model.tokenizer import EOT_ID, VOCAB_SIZE, decode, encode, get_tokenizer
 
 
 def test_gpt2_encoding_round_trips_and_knows_end_of_text():

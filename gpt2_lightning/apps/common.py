@@ -1,4 +1,4 @@
-"""What the command-line entry points share: user errors become one line and exit code 2."""
+"""What the verbs of the `gpt2` command share: user errors as one line with exit code 2, device options."""
 
 from __future__ import annotations
 

@@ -15,11 +15,7 @@ from omegaconf import OmegaConf
 from gpt2_lightning.apps.common import add_device_arguments
 from gpt2_lightning.devices import for_inference
 from gpt2_lightning.export.load import load_model
-from gpt2_lightning.generation.respond import (
-    GenerationSettings,
-    read_instructions,
-    respond,
-)
+from gpt2_lightning.generation.respond import GenerationSettings, read_instructions, respond
 from gpt2_lightning.resources import register_resolvers
 
 

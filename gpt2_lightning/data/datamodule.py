@@ -25,7 +25,7 @@ class InstructionDataModule(L.LightningDataModule):
     url: str | None = None
     """Downloaded to ``path`` once when the file is missing (``null``: never download)."""
     prompt_style: str = "alpaca"
-    """A name in ``gpt2_lightning.prompts.PROMPT_STYLES``."""
+    """A name in ``gpt2_lightning.data.prompts.PROMPT_STYLES``."""
     fields: FieldNames = field(default_factory=FieldNames)
     """Record keys of instruction, input and output."""
     split: tuple[float, float, float] = (0.85, 0.05, 0.10)

@@ -16,11 +16,7 @@ import safetensors.torch
 from gpt2_lightning.errors import CheckpointMismatchError
 from gpt2_lightning.io import atomic_write, write_json
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
-from gpt2_lightning.model.pretrained import (
-    WEIGHTS_FILE,
-    load_state_dict_checked,
-    read_safetensors,
-)
+from gpt2_lightning.model.pretrained import WEIGHTS_FILE, load_state_dict_checked, read_safetensors
 
 CONFIG_FILE = "config.json"
 FORMAT = "gpt2-lightning"

@@ -44,3 +44,27 @@ def test_conversation_keeps_history_only_where_the_style_has_turns():
     phi3 = get_style("phi3")
     assert phi3.conversation(history, "Bye") == \
         "<|user|>\nHi\n\n<|assistant|>\nHello!\n<|user|>\nBye\n\n<|assistant|>\n"
+
+
+MADE_UP_TURN = {"alpaca": "Red.\n\n### Instruction:\nName another.\n\n### Response:\nBlue.",
+                "phi3": "Red.\n<|user|>\nName another.\n\n<|assistant|>\nBlue."}
+
+
+@pytest.mark.parametrize("style", ["alpaca", "phi3"])
+def test_a_made_up_later_turn_is_cut_off_not_extracted(style):
+    assert get_style(style).answer(MADE_UP_TURN[style]) == "Red."
+    assert extract_response(format_prompt(NO_INPUT, style) + MADE_UP_TURN[style], style) == "Red."
+    assert extract_response(MADE_UP_TURN[style], style) == "Red."
+
+
+@pytest.mark.parametrize("style", ["alpaca", "phi3"])
+def test_respond_answers_with_the_text_before_a_made_up_turn(style, tmp_path):
+    from gpt2_lightning.generation.respond import GenerationSettings, respond
+    from gpt2_lightning.model.tokenizer import encode
+    from tests.scripted_model import scripted_answer
+
+    record = {"instruction": NO_INPUT["instruction"], "input": "", "output": "Red."}
+    model = scripted_answer(encode(format_prompt(record, style)), encode(MADE_UP_TURN[style]))
+    [answered] = respond(model, [record], tmp_path / "responses.json", style,
+                         GenerationSettings(max_new_tokens=40), progress=False)
+    assert answered["model_response"] == "Red."

@@ -39,13 +39,20 @@ class PromptStyle:
         earlier = "".join(f"{self.prompt({'instruction': q})}{a}\n" for q, a in turns)
         return earlier + self.prompt({"instruction": instruction})
 
+    def answer(self, generated: str) -> str:
+        """The answer in text generated after a prompt: up to the first stop string (where
+        the model starts a turn of its own), stripped. A response header in generated text
+        belongs to such a made-up turn, so it is never looked for here."""
+        return cut_at_stop(generated, self.stop_strings)[0].strip()
+
     def extract(self, text: str) -> str:
-        """The answer in ``text``: after the response header when the text holds the
-        prompt, cut at the first stop string, stripped."""
+        """The answer in ``text`` that starts with a prompt of this style and goes on with the
+        generation (what ``generate`` returns, decoded): what follows the prompt's response
+        header, up to the first stop string. Other text is taken as the generation alone."""
         marker = self.response_header.strip()
-        if marker in text:
+        if text.lstrip().startswith(self.header.strip()) and marker in text:
             text = text.split(marker, 1)[1]
-        return cut_at_stop(text, self.stop_strings)[0].strip()
+        return self.answer(text)
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -97,5 +104,5 @@ def format_example(record: Mapping[str, str], style: str | PromptStyle = "alpaca
 
 
 def extract_response(text: str, style: str | PromptStyle = "alpaca") -> str:
-    """The model's answer in generated ``text`` (see ``PromptStyle.extract``)."""
+    """The model's answer in ``text``, the prompt followed by the generation (see ``PromptStyle.extract``)."""
     return get_style(style).extract(text)

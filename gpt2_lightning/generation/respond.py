@@ -43,7 +43,7 @@ def answer_batch(model: GPTModel, records: Sequence[dict], style: str | PromptSt
     prompts = [encode(style.prompt(record))[-keep:] for record in records]
     new = generate_batch(model, prompts, settings.max_new_tokens, settings.temperature, settings.top_k,
                          settings.top_p, generator=generator)
-    return [style.extract(decode(ids)) for ids in new]
+    return [style.answer(decode(ids)) for ids in new]
 
 
 def _finished_prefix(path: Path, records: Sequence[dict]) -> list[dict]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from gpt2_lightning.errors import ConfigError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 CACHE_VARIABLE = "GPT2_LIGHTNING_CACHE"
 
@@ -44,7 +46,7 @@ _LOCATIONS = {"cache_dir": cache_dir, "sample_data": sample_data}
 
 def _resolve(name: str) -> str:
     if name not in _LOCATIONS:
-        raise ValueError(f"unknown location ${{gpt2:{name}}}; use one of {', '.join(_LOCATIONS)}")
+        raise ConfigError(f"unknown location ${{gpt2:{name}}}; use one of {', '.join(_LOCATIONS)}")
     return str(_LOCATIONS[name]())
 
 

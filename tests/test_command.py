@@ -94,3 +94,29 @@ def test_serve_answers_health_and_chat_from_another_directory(tiny_export, tmp_p
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_only_user_errors_become_one_line(capsys):
+    from gpt2_lightning.apps.common import exit_on_user_error
+    from gpt2_lightning.errors import ConfigError
+
+    for user_error, line in [(ConfigError("optimizer.lr must be positive, got 0"),
+                              "error: optimizer.lr must be positive, got 0"),
+                             (FileNotFoundError(2, "No such file or directory", "my.json"),
+                              "error: my.json: No such file or directory"),
+                             (OSError(28, "No space left on device", "out.json"),
+                              "error: out.json: No space left on device")]:
+        with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+            raise user_error
+        assert exit_info.value.code == 2 and capsys.readouterr().err.strip() == line
+    for bug in (ValueError("not enough values to unpack"), OSError(9, "Bad file descriptor"), KeyError("x")):
+        with pytest.raises(type(bug)), exit_on_user_error():
+            raise bug
+
+
+def test_a_model_setting_that_cannot_work_is_one_line(tmp_path):
+    result = gpt2("train", "model=tiny", "data=sample", "trainer=cpu", "model.config.n_heads=3",
+                  f"hydra.run.dir={tmp_path}", timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: GPTConfig.n_heads=3 must divide emb_dim=64 (each head gets emb_dim / n_heads channels)")

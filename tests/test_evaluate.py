@@ -87,3 +87,28 @@ def test_eval_command_keeps_training_metrics_and_adds_judge(tmp_path, capsys):
     scores = json.loads((tmp_path / "eval.json").read_text())
     assert scores["test_loss"] == 1.5 and scores["n"] == 1 and scores["judge"]["scores"] == [70]
     assert "mean score: 70" in capsys.readouterr().out
+
+
+def test_eval_keeps_a_judge_score_only_for_the_responses_it_judged(tmp_path):
+    responses = tmp_path / "responses.json"
+    responses.write_text(json.dumps([RECORD]))
+    server = FakeJudge("70")
+    try:
+        main(["eval", str(responses), "--judge-url", server.url])
+    finally:
+        server.close()
+    main(["eval", str(responses)])  # the same responses: the judge's score still holds
+    assert json.loads((tmp_path / "eval.json").read_text())["judge"]["mean"] == 70
+    responses.write_text(json.dumps([{**RECORD, "model_response": "Green."}]))
+    main(["eval", str(responses)])
+    assert "judge" not in json.loads((tmp_path / "eval.json").read_text())
+
+
+def test_a_corrupt_eval_json_is_one_clear_line(tmp_path, capsys):
+    responses = tmp_path / "responses.json"
+    responses.write_text(json.dumps([RECORD]))
+    (tmp_path / "eval.json").write_text("{not json")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(responses)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'eval.json'}: not a JSON file")

@@ -1,9 +1,11 @@
+import hydra
 import pytest
 import torch
 from lightning.pytorch import Callback
 
 from gpt2_lightning.apps.train import run
 from gpt2_lightning.evaluate.plot import read_scalars
+from gpt2_lightning.train.module import InstructionTuner
 from tests.conftest import TINY_RUN, compose_train
 
 
@@ -97,3 +99,32 @@ def test_without_callbacks_the_job_keeps_its_final_weights_and_finishes(tmp_path
                         "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=0", "export=true")
     assert run(cfg) is None  # no val_loss was ever computed
     assert (tmp_path / "export" / "model.safetensors").is_file()
+
+
+def test_scored_tokens_are_logged_beside_all_positions(tmp_path):
+    cfg = compose_train(tmp_path, *TINY_RUN, "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
+                        "data.batch_size=4")
+    run(cfg)
+    scalars = read_scalars(tmp_path / "tensorboard")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup()
+    train = datamodule.datasets["train"]
+    scored = sum(length - 1 for length in train.lengths)  # every target but padding
+    assert scalars["scored_tokens_seen"][-1][1] == scored
+    assert scalars["tokens_seen"][-1][1] > scored  # padding counted there
+    assert {"scored_tokens_per_sec", "tokens_per_sec"} <= set(scalars)
+
+
+def test_reference_settings_drop_the_last_batch_and_decay_every_parameter(tmp_path):
+    cfg = compose_train(tmp_path, *TINY_RUN, "trainer.max_steps=1", "data.drop_last=true",
+                        "optimizer.decay_biases_and_norms=true", "data.batch_size=8")
+    class Optimizer(Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.groups = [(g["weight_decay"], len(g["params"])) for g in trainer.optimizers[0].param_groups]
+            self.batches = len(trainer.train_dataloader)
+
+    seen = Optimizer()
+    run(cfg, extra_callbacks=[seen])
+    n_params = len(list(InstructionTuner(dict(cfg.model.config)).model.parameters()))
+    assert seen.groups == [(0.1, n_params), (0.0, 0)]
+    assert seen.batches == 51 // 8  # 51 training records of the sample: the 3 left over are dropped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Iterator
@@ -11,14 +12,19 @@ from collections.abc import Iterator
 from gpt2_lightning.devices import default_device
 from gpt2_lightning.errors import Gpt2LightningError
 
-# Errors that mean "the input, the settings or the environment are wrong", not "the program is".
-USER_ERRORS = (Gpt2LightningError, ValueError, OSError)
+# OS errors a user causes: a path that is missing, taken or not theirs, a full or read-only disk.
+USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG}
 
 
 def is_user_error(err: BaseException) -> bool:
-    if isinstance(err, USER_ERRORS):
+    """The project's own errors, the OS errors a user causes, and Lightning's settings errors;
+    anything else is a bug and keeps its traceback."""
+    if isinstance(err, (Gpt2LightningError, *USER_OS_ERRORS)):
         return True
-    # Lightning's settings errors; only raised where lightning was imported (not in chat).
+    if isinstance(err, OSError) and err.errno in USER_ERRNOS:
+        return True
+    # Only raised where lightning was imported (not in chat).
     lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
     return lightning is not None and isinstance(err, lightning.MisconfigurationException)
 

@@ -7,8 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
+from gpt2_lightning.errors import DataError
 from gpt2_lightning.evaluate.judge import Judge
 from gpt2_lightning.evaluate.scores import read_responses, score_responses
+from gpt2_lightning.fetch import sha256_of
 from gpt2_lightning.io import write_json
 
 
@@ -24,16 +26,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     records = read_responses(args.responses)
-    scores = score_responses(records)
+    responses_sha256 = sha256_of(args.responses)
     out = args.out or args.responses.with_name("eval.json")
-    if out.is_file():  # keep what training wrote (test loss ...), update the rest
-        scores = {**json.loads(out.read_text()), **scores}
+    previous = read_scores(out)  # what training wrote (test loss ...) stays
+    judge = previous.pop("judge", None)
+    if not isinstance(judge, dict) or judge.get("responses_sha256") != responses_sha256:
+        judge = None  # it judged other responses
     if args.judge_url:
         judged = Judge(args.judge_url, args.judge_model, args.judge_api).score(records)
         valid = [s for s in judged if s is not None]
-        scores["judge"] = {"model": args.judge_model, "scores": judged,
-                           "mean": sum(valid) / len(valid) if valid else None}
+        judge = {"model": args.judge_model, "scores": judged, "mean": sum(valid) / len(valid) if valid else None,
+                 "responses_sha256": responses_sha256}
+    scores = {**previous, **score_responses(records), **({"judge": judge} if judge else {})}
     write_json(out, scores)
     print(json.dumps({k: v for k, v in scores.items() if k != "judge"}, indent=2))
-    if "judge" in scores:
-        print(f"judge ({args.judge_model}) mean score: {scores['judge']['mean']}")
+    if judge:
+        print(f"judge ({judge['model']}) mean score: {judge['mean']}")
+
+
+def read_scores(path: Path) -> dict:
+    """The scores already in ``path`` (none when it does not exist)."""
+    if not path.is_file():
+        return {}
+    try:
+        scores = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise DataError(f"{path}: not a JSON file ({err}); move it away or give --out") from None
+    if not isinstance(scores, dict):
+        raise DataError(f"{path}: expected a JSON object of scores; move it away or give --out")
+    return scores

@@ -12,7 +12,7 @@ from gpt2_lightning.data.dataset import InstructionCollator, InstructionDataset
 from gpt2_lightning.data.prompts import get_style
 from gpt2_lightning.data.records import FieldNames, load_records, split_records
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler
-from gpt2_lightning.errors import DataError
+from gpt2_lightning.errors import ConfigError, DataError
 from gpt2_lightning.fetch import download
 
 
@@ -40,6 +40,8 @@ class InstructionDataModule(L.LightningDataModule):
     """Cut sequences to this many tokens (set to the model's context length when None)."""
     mask_prompt: bool = False
     """Leave prompt tokens out of the loss."""
+    drop_last: bool = False
+    """Drop the last, smaller training batch of each epoch (as the reference does)."""
     group_by_length: bool = False
     """Batch training examples of similar length together. Off by default: the training loss
     skips padding everywhere but in attention, and batches of alike examples train worse
@@ -57,9 +59,9 @@ class InstructionDataModule(L.LightningDataModule):
         if not isinstance(self.fields, FieldNames):
             self.fields = FieldNames(**self.fields)
         if self.batch_size < 1:
-            raise ValueError(f"data.batch_size must be at least 1, got {self.batch_size}")
+            raise ConfigError(f"data.batch_size must be at least 1, got {self.batch_size}")
         if self.group_batches < 1:
-            raise ValueError(f"data.group_batches must be at least 1, got {self.group_batches}")
+            raise ConfigError(f"data.group_batches must be at least 1, got {self.group_batches}")
         self.style = get_style(self.prompt_style)
         self.datasets: dict[str, InstructionDataset] = {}
         self._resume_at: tuple[int, int] | None = None
@@ -101,7 +103,7 @@ class InstructionDataModule(L.LightningDataModule):
             dataset.lengths, self.batch_size if train else (self.eval_batch_size or self.batch_size),
             shuffle=train, group_by_length=self.group_by_length and train, group_batches=self.group_batches,
             seed=self.seed,
-            drop_last=False, num_replicas=trainer.world_size if trainer else 1,
+            drop_last=self.drop_last and train, num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0)
         if train:  # Lightning may build this loader more than once (e.g. to count steps)
             sampler.resume_at = self._resume_at

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from gpt2_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class PromptStyle:
@@ -89,7 +91,7 @@ def get_style(style: str | PromptStyle) -> PromptStyle:
     try:
         return PROMPT_STYLES[style]
     except KeyError:
-        raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}") from None
+        raise ConfigError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}") from None
 
 
 def format_prompt(record: Mapping[str, str], style: str | PromptStyle = "alpaca") -> str:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import requests
 
 from gpt2_lightning.data.prompts import get_style
-from gpt2_lightning.errors import JudgeError
+from gpt2_lightning.errors import ConfigError, JudgeError
 
 
 def judge_prompt(record: dict) -> str:
@@ -35,7 +35,7 @@ class Judge:
         if api == "auto":
             api = "openai" if self.url.endswith("/v1") else "ollama"
         if api not in ("ollama", "openai"):
-            raise ValueError(f"judge api must be 'ollama', 'openai' or 'auto', got {api!r}")
+            raise ConfigError(f"judge api must be 'ollama', 'openai' or 'auto', got {api!r}")
         self.api = api
         self.timeout = timeout
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt2_lightning.errors import ConfigError
+
 GPT2_PRESETS: dict[str, dict[str, int]] = {
     "gpt2-small": dict(emb_dim=768, n_layers=12, n_heads=12),  # 124M
     "gpt2-medium": dict(emb_dim=1024, n_layers=24, n_heads=16),  # 355M
@@ -50,14 +52,14 @@ class GPTConfig:
         for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
         if self.emb_dim % self.n_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"GPTConfig.n_heads={self.n_heads} must divide emb_dim={self.emb_dim} "
                 f"(each head gets emb_dim / n_heads channels)"
             )
         if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"GPTConfig.drop_rate must be in [0, 1), got {self.drop_rate!r}")
+            raise ConfigError(f"GPTConfig.drop_rate must be in [0, 1), got {self.drop_rate!r}")
 
     @property
     def head_dim(self) -> int:
@@ -68,7 +70,7 @@ class GPTConfig:
         """The config of a published GPT-2 size (``gpt2-small`` ... ``gpt2-xl``)."""
         preset = GPT2_PRESETS.get(GPT2_ALIASES.get(name.lower(), name.lower()))
         if preset is None:
-            raise ValueError(f"unknown GPT-2 size {name!r}; choose one of {', '.join(GPT2_PRESETS)}")
+            raise ConfigError(f"unknown GPT-2 size {name!r}; choose one of {', '.join(GPT2_PRESETS)}")
         return cls.from_dict({**preset, **overrides})
 
     @classmethod
@@ -81,7 +83,7 @@ class GPTConfig:
         shape = ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads")
         missing = [f for f in shape if f not in values]
         if missing:
-            raise ValueError(f"unknown model {name!r}: choose one of {', '.join(GPT2_PRESETS)}, or give "
+            raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(GPT2_PRESETS)}, or give "
                              f"a custom model its full shape (missing {', '.join(missing)})")
         return cls.from_dict(values)
 
@@ -91,7 +93,7 @@ class GPTConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown GPTConfig field(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"unknown GPTConfig field(s) {unknown}; known: {sorted(known)}")
         return cls(**dict(values))
 
     def to_dict(self) -> dict:

@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 
 from gpt2_lightning import resources
-from gpt2_lightning.errors import CheckpointMismatchError
+from gpt2_lightning.errors import CheckpointMismatchError, ConfigError
 from gpt2_lightning.fetch import download
 from gpt2_lightning.model.gpt import GPT2_ALIASES, GPTConfig, GPTModel
 
@@ -114,7 +114,7 @@ def hub_url(name: str) -> str:
     """The public ``model.safetensors`` of a GPT-2 size on the Hugging Face hub."""
     canonical = GPT2_ALIASES.get(name.lower(), name.lower())
     if canonical not in HUB_REPOS:
-        raise ValueError(f"no public checkpoint for {name!r}; choose one of {', '.join(HUB_REPOS)}")
+        raise ConfigError(f"no public checkpoint for {name!r}; choose one of {', '.join(HUB_REPOS)}")
     return HUB_URL.format(repo=HUB_REPOS[canonical])
 
 

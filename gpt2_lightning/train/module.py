@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torchmetrics import MeanMetric
 
-from gpt2_lightning.errors import TrainingDivergedError
+from gpt2_lightning.errors import ConfigError, TrainingDivergedError
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 from gpt2_lightning.train.loss import masked_lm_loss
 
@@ -42,12 +42,12 @@ class InstructionTuner(L.LightningModule):
     def __init__(self, gpt_config: dict[str, Any], prompt_style: str = "alpaca", lr: float = 5e-5,
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
                  warmup_steps: int = 0, schedule: str = "constant", min_lr_ratio: float = 0.1,
-                 compile: bool = False, model: GPTModel | None = None):
+                 decay_biases_and_norms: bool = False, compile: bool = False, model: GPTModel | None = None):
         super().__init__()
         if schedule not in ("constant", "cosine"):
-            raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', got {schedule!r}")
+            raise ConfigError(f"optimizer.schedule must be 'constant' or 'cosine', got {schedule!r}")
         if lr <= 0:
-            raise ValueError(f"optimizer.lr must be positive, got {lr}")
+            raise ConfigError(f"optimizer.lr must be positive, got {lr}")
         self.save_hyperparameters(ignore=["model"])
         config = GPTConfig.from_dict(gpt_config)
         if model is not None and model.cfg != config:
@@ -57,7 +57,9 @@ class InstructionTuner(L.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.tokens_seen = 0
+        self.scored_tokens_seen = 0
         self._step_started = 0.0
+        self._scored_in_step = torch.zeros(())
 
     @property
     def config(self) -> GPTConfig:
@@ -84,15 +86,23 @@ class InstructionTuner(L.LightningModule):
                 f"batch {batch_idx}); lower optimizer.lr, set trainer.gradient_clip_val, or use "
                 f"trainer.precision=bf16-mixed instead of 16-mixed")
         self.train_loss_epoch.update(loss.detach(), weight=count)
+        self._scored_in_step = count
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Throughput of all positions (padding included) and of the scored targets alone."""
         tokens = batch["input_ids"].numel() * self.trainer.world_size
+        scored = self._scored_in_step
+        if self.trainer.world_size > 1:  # ranks score different numbers of targets
+            scored = self.trainer.strategy.reduce(scored.float(), reduce_op="sum")
+        scored = int(scored)
         self.tokens_seen += tokens
-        elapsed = time.perf_counter() - self._step_started
-        self.log_dict({"tokens_seen": float(self.tokens_seen), "tokens_per_sec": tokens / max(elapsed, 1e-9)},
-                      on_step=True, on_epoch=False)
+        self.scored_tokens_seen += scored
+        elapsed = max(time.perf_counter() - self._step_started, 1e-9)
+        self.log_dict({"tokens_seen": float(self.tokens_seen), "tokens_per_sec": tokens / elapsed,
+                       "scored_tokens_seen": float(self.scored_tokens_seen),
+                       "scored_tokens_per_sec": scored / elapsed}, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self) -> None:
         self.log("train_loss_epoch", self.train_loss_epoch.compute())
@@ -120,7 +130,7 @@ class InstructionTuner(L.LightningModule):
         hp = self.hparams
         decay, no_decay = [], []
         for param in self.model.parameters():  # tied head: parameters() yields it once
-            (decay if param.dim() >= 2 else no_decay).append(param)
+            (decay if param.dim() >= 2 or hp.decay_biases_and_norms else no_decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         # Fused AdamW: one kernel for all parameters (0.09 s instead of 0.7 s per step for
@@ -148,6 +158,8 @@ class InstructionTuner(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["scored_tokens_seen"] = self.scored_tokens_seen
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        self.scored_tokens_seen = checkpoint.get("scored_tokens_seen", 0)

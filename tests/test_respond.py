@@ -1,10 +1,11 @@
 import json
 
 import pytest
+import torch
 
 from gpt2_lightning.apps.cli import main
 from gpt2_lightning.export.load import load_model
-from gpt2_lightning.generation.respond import GenerationSettings, answer_batch, respond
+from gpt2_lightning.generation.respond import GenerationSettings, answer_batch, identity_path, respond
 from tests.conftest import REPO_ROOT
 
 RECORDS = json.loads((REPO_ROOT / "data" / "sample.json").read_text())[:7]
@@ -34,6 +35,33 @@ def test_an_interrupted_file_is_resumed_without_redoing_finished_records(tiny_ex
     # A file for other records is not mistaken for progress.
     other = [{**r, "instruction": r["instruction"] + "?"} for r in RECORDS]
     assert respond(model, other, out, "alpaca", FAST, progress=False)[0]["model_response"] != "kept 0"
+
+
+def test_answers_of_other_weights_settings_or_an_unknown_origin_are_never_reused(tiny_export, tmp_path):
+    model, _ = load_model(tiny_export)
+    out = tmp_path / "responses.json"
+    marked = [{**r, "model_response": f"kept {i}"} for i, r in enumerate(RECORDS)]
+
+    def reused(*args, forget_origin=False):
+        """Answer with the base identity, mark the answers, then answer with ``args``."""
+        respond(model, RECORDS, out, "alpaca", FAST, progress=False)
+        out.write_text(json.dumps(marked))
+        if forget_origin:
+            identity_path(out).unlink()
+        return "kept 0" in [r["model_response"] for r in respond(*args, progress=False)]
+
+    other_weights, _ = load_model(tiny_export)
+    with torch.no_grad():
+        other_weights.final_norm.bias.add_(0.5)
+    assert reused(model, RECORDS, out, "alpaca", FAST)
+    assert not reused(other_weights, RECORDS, out, "alpaca", FAST)
+    assert not reused(model, RECORDS, out, "alpaca", GenerationSettings(max_new_tokens=7, batch_size=3))
+    assert not reused(model, RECORDS, out, "phi3", FAST)
+    assert not reused(model, RECORDS, out, "alpaca", FAST, forget_origin=True)
+    assert reused(model, RECORDS, out, "alpaca", GenerationSettings(max_new_tokens=6, batch_size=5))
+    fresh = respond(other_weights, RECORDS, tmp_path / "fresh.json", "alpaca", FAST, progress=False)
+    respond(model, RECORDS, out, "alpaca", FAST, progress=False)
+    assert respond(other_weights, RECORDS, out, "alpaca", FAST, progress=False) == fresh
 
 
 def test_command_answers_custom_instructions_from_a_text_file(tiny_export, tmp_path, capsys):

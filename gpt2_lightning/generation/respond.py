@@ -6,10 +6,11 @@ answered batch: an interrupted run resumes after the last saved record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -46,14 +47,16 @@ def answer_batch(model: GPTModel, records: Sequence[dict], style: str | PromptSt
     return [style.answer(decode(ids)) for ids in new]
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def _finished_prefix(path: Path, records: Sequence[dict]) -> list[dict]:
     """Answered records of an earlier, interrupted run of the same records."""
-    if not path.is_file():
-        return []
-    try:
-        done = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return []
+    done = _read_json(path)
     if not isinstance(done, list):
         return []
     prefix = []
@@ -65,12 +68,43 @@ def _finished_prefix(path: Path, records: Sequence[dict]) -> list[dict]:
     return prefix
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """The identity of ``model``'s weights as they are (dtype included): a hash of every tensor."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def answer_identity(model: GPTModel, style: PromptStyle, settings: GenerationSettings) -> dict:
+    """What the answers depend on: the weights, the prompt style and the sampling settings
+    (not the batch size: a left-padded batch answers each prompt as it would be alone)."""
+    return {"weights_sha256": weights_sha256(model), "prompt_style": style.name,
+            "settings": {k: v for k, v in asdict(settings).items() if k != "batch_size"}}
+
+
+def identity_path(path: Path) -> Path:
+    """Where the identity of the answers in ``path`` is kept: ``responses.json`` -> ``responses.meta.json``."""
+    return path.with_name(f"{path.stem}.meta.json")
+
+
 def respond(model: GPTModel, records: Sequence[dict], path: str | os.PathLike,
             style: str | PromptStyle = "alpaca", settings: GenerationSettings = GenerationSettings(),
             progress: bool = True) -> list[dict]:
-    """Answer ``records`` into ``path`` (resuming a partial file); return the answered records."""
-    path = Path(path)
-    results = _finished_prefix(path, records)
+    """Answer ``records`` into ``path``; return the answered records.
+
+    Answers already in ``path`` are kept, and an interrupted file is resumed, only when they
+    were given by the same weights, prompt style and settings (``answer_identity``, kept in
+    ``identity_path(path)``) to the same records; otherwise every record is answered anew.
+    The file is rewritten atomically after every batch.
+    """
+    path, style = Path(path), get_style(style)
+    identity = answer_identity(model, style, settings)
+    meta = identity_path(path)
+    results = _finished_prefix(path, records) if _read_json(meta) == identity else []
+    if not results:
+        meta.unlink(missing_ok=True)  # until it is written again, nothing in path is trusted
     generator = sampling_generator(model, settings.temperature, settings.seed)
     todo = records[len(results):]
     with tqdm(total=len(records), initial=len(results), desc="responses", disable=not progress) as bar:
@@ -78,11 +112,17 @@ def respond(model: GPTModel, records: Sequence[dict], path: str | os.PathLike,
             batch = todo[start:start + settings.batch_size]
             answers = answer_batch(model, batch, style, settings, generator)
             results += [{**record, "model_response": text} for record, text in zip(batch, answers)]
-            write_json(path, results)  # after every batch: an interruption loses one batch at most
+            _save(path, results, meta, identity)  # every batch: an interruption loses one batch at most
             bar.update(len(batch))
     if not todo:
-        write_json(path, results)
+        _save(path, results, meta, identity)
     return results
+
+
+def _save(path: Path, results: list[dict], meta: Path, identity: dict) -> None:
+    write_json(path, results)
+    if not meta.is_file():
+        write_json(meta, identity)
 
 
 def read_instructions(path: Path) -> list[dict]:

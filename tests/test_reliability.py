@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from gpt2_lightning.apps.train import run
 from gpt2_lightning.data.records import load_records, validate_record
 from gpt2_lightning.errors import DataError, TrainingDivergedError
+from gpt2_lightning.evaluate.plot import read_scalars
 from gpt2_lightning.io import atomic_write
 from tests.conftest import REPO_ROOT, TINY_RUN, compose_train, run_train_py
 
@@ -64,6 +65,41 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert step_whole == step_resumed == 26
     for name, tensor in whole.items():
         torch.testing.assert_close(weights[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_resuming_from_last_ckpt_alone_continues_the_same_run(tmp_path):
+    run_dir = tmp_path / "run"
+    finish = ("respond=true", "plot=true", "generation.max_new_tokens=4")
+    killed = start_train(run_dir, *finish)
+    wait_for_step(run_dir, 15, killed)  # after the first validation (step 13): a best checkpoint exists
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
+    # Only the checkpoint: no run directory, from another working directory.
+    resumed = run_train_py(*RESUMABLE, *finish, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no new run directory
+    scalars = read_scalars(run_dir / "tensorboard")
+    validations = [value for _, value in scalars["val_loss"]]
+    assert [step for step, _ in scalars["val_loss"]] == [12, 25]  # both halves (steps count from 0)
+    train_steps = [step for step, _ in scalars["train_loss"]]
+    assert train_steps[0] < 5 and train_steps[-1] >= 24
+    scores = json.loads((run_dir / "eval.json").read_text())
+    assert scores["best_val_loss"] == pytest.approx(min(validations), rel=1e-6)
+    [best] = (run_dir / "checkpoints").glob("best-*.ckpt")
+    assert scores["best_checkpoint"] == best.name and f"val{min(validations):.4f}" in best.name
+    assert (run_dir / "loss.png").is_file()
+    assert "Traceback" not in resumed.stderr
+
+
+def test_ckpt_path_auto_resumes_the_run_directorys_last_checkpoint_or_starts_fresh(tmp_path):
+    from tests.test_training import Recorder
+
+    fresh, again = Recorder(), Recorder()
+    run(compose_train(tmp_path, *TINY_RUN, "trainer.max_steps=3", "ckpt_path=auto"), extra_callbacks=[fresh])
+    run(compose_train(tmp_path, *TINY_RUN, "trainer.max_steps=5", "ckpt_path=auto"), extra_callbacks=[again])
+    assert (fresh.first_step, again.first_step, again.batches) == (0, 3, 2)
 
 
 @pytest.mark.slow

@@ -60,7 +60,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     datamodule: InstructionDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # bad data fails here, before a model is built or downloaded
     datamodule.setup()
-    model = build_model(cfg.model, cfg.paths.cache_dir, resuming=cfg.ckpt_path is not None)
+    ckpt_path = checkpoint_to_resume(cfg.ckpt_path, output_dir)
+    model = build_model(cfg.model, cfg.paths.cache_dir, resuming=ckpt_path is not None)
     if datamodule.max_length is None:
         datamodule.max_length = model.cfg.context_length
     tuner = InstructionTuner(model.cfg.to_dict(), prompt_style=datamodule.prompt_style,
@@ -73,11 +74,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     log.info("model: %s, %.1fM parameters, precision %s", cfg.model.name, model.num_parameters() / 1e6,
              precision)
 
-    if cfg.ckpt_path is not None:
-        read_checkpoint(cfg.ckpt_path)  # a clear error for a missing, corrupt or foreign file, now
+    if ckpt_path is not None:
+        read_checkpoint(ckpt_path)  # a clear error for a missing, corrupt or foreign file, now
     if cfg.train:
         try:
-            trainer.fit(tuner, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+            trainer.fit(tuner, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SIGTERMException:  # Ctrl-C or SIGTERM: GracefulStop saved last.ckpt
             stop = next((cb for cb in callbacks if isinstance(cb, GracefulStop) and cb.signal), None)
             raise SystemExit(128 + (stop.signal if stop else signal.SIGTERM)) from None
@@ -91,6 +92,19 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
         finish_run(cfg, tuner, datamodule, output_dir, metrics, best)
     metric = best.best_model_score if best is not None and best.monitor == cfg.optimized_metric else None
     return float(metric) if metric is not None else metrics.get(cfg.optimized_metric)
+
+
+def checkpoint_to_resume(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``ckpt_path`` as given, or for ``auto`` the run directory's own ``last.ckpt`` when it
+    has one (a fresh start when not: for schedulers that restart a job as it was)."""
+    if ckpt_path != "auto":
+        return ckpt_path
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("ckpt_path=auto: resuming from %s", last)
+        return str(last)
+    log.info("ckpt_path=auto: no %s yet, starting fresh", last)
+    return None
 
 
 def save_final_last(trainer: L.Trainer) -> None:
@@ -137,10 +151,26 @@ def finish_run(cfg: DictConfig, tuner: InstructionTuner, datamodule: Instruction
 def main(overrides: Sequence[str] | None = None) -> None:
     """Compose ``conf/train.yaml`` with Hydra from ``overrides`` (default: the command line's
     arguments, as ``python train.py`` passes them) and run the job."""
-    if overrides is not None:
-        sys.argv = [sys.argv[0], *overrides]  # Hydra reads its arguments from sys.argv
+    args = list(sys.argv[1:] if overrides is None else overrides)
+    sys.argv = [sys.argv[0], *resume_in_its_run(args)]  # Hydra reads its arguments from sys.argv
     register_resolvers()
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train.yaml")(_job)()
+
+
+def resume_in_its_run(args: list[str]) -> list[str]:
+    """``args``, and for ``ckpt_path=<run>/checkpoints/<file>.ckpt`` the run directory it came
+    from as Hydra's, so that a resumed run goes on writing into the same run: the same best
+    checkpoints and scores, TensorBoard run and log. A run directory given by the user (or a
+    sweep) is left as it is."""
+    ckpt = next((a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("ckpt_path=")), None)
+    if ckpt in (None, "null", "auto") or {"-m", "--multirun"} & set(args) or \
+            any(a.startswith("hydra.run.dir=") for a in args):
+        return args
+    run_dir = Path(ckpt).resolve().parent.parent
+    if Path(ckpt).parent.name != "checkpoints" or not (run_dir / ".hydra").is_dir():
+        return args  # not a checkpoint of a run of this project
+    quoted = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
+    return [*args, f"hydra.run.dir='{quoted}'"]
 
 
 def _job(cfg: DictConfig) -> float | None:

@@ -7,9 +7,11 @@ Range request.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -37,12 +39,38 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, size:
 
     Connection errors, dropped streams and 5xx answers are retried ``retries`` times with
     exponential back-off, each retry resuming where the partial file ends. ``sha256`` and
-    ``size`` (when given) are verified before the file is moved into place.
+    ``size`` (when given) are verified before the file is moved into place. Processes that ask
+    for the same ``dest`` at once (DDP ranks, parallel jobs) wait while one of them downloads.
     """
     dest = Path(dest)
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest.parent):  # one process downloads, the others wait
+        if not dest.is_file():
+            _download(url, dest, sha256, size, retries, backoff, timeout, progress)
+    return dest
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (no lock file to leave behind; released when the
+    process dies). Without ``fcntl`` (Windows) every process downloads alone, as before."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def _download(url: str, dest: Path, sha256: str | None, size: int | None, retries: int, backoff: float,
+              timeout: float, progress: bool) -> None:
     part = dest.with_name(dest.name + ".part")
     manual = f"download it by hand and place it at {dest}"
     for attempt in range(retries + 1):
@@ -67,7 +95,6 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, size:
             time.sleep(backoff * 2 ** attempt)
     _verify(part, url, sha256, size)
     os.replace(part, dest)
-    return dest
 
 
 class _Transient(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,6 +17,8 @@ class Faults:
     """Flip the bytes of every answer (a sha256 check must catch it)."""
     server_errors: int = 0
     """Answer this many requests with 503 before serving."""
+    seconds_per_mib: float = 0.0
+    """Serve slowly: sleep this long after every MiB of body."""
     requests: list[dict] = field(default_factory=list)
     """The Range header of every request, for assertions."""
 
@@ -74,6 +77,8 @@ class FileServer:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self.wfile.write(payload)
+                for start in range(0, len(payload), 1 << 20):
+                    self.wfile.write(payload[start:start + (1 << 20)])
+                    time.sleep(faults.seconds_per_mib)
 
         return Handler

@@ -1,6 +1,8 @@
 import hashlib
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -86,3 +88,17 @@ def test_connection_refused_fails_at_once_with_the_url(tmp_path):
     url = f"http://127.0.0.1:{port}/w.bin"
     with pytest.raises(DownloadError, match=f"cannot download {url}: no connection"):
         download(url, tmp_path / "w.bin", backoff=60, progress=False)  # no back-off wait
+
+
+def test_processes_downloading_the_same_file_at_once_fetch_it_once(tmp_path):
+    faults = Faults(seconds_per_mib=0.3)
+    dest = tmp_path / "w.bin"
+    code = "import sys; from gpt2_lightning.fetch import download; download(sys.argv[1], sys.argv[2], " \
+           f"sha256='{SHA}', progress=False)"
+    with FileServer({"/w.bin": BODY}, faults) as server:
+        processes = [subprocess.Popen([sys.executable, "-c", code, f"{server.url}/w.bin", str(dest)],
+                                      stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], errors
+    assert dest.read_bytes() == BODY
+    assert faults.requests == [{"path": "/w.bin", "range": None}]

@@ -93,6 +93,21 @@ def test_eval_sampler_is_in_order_and_ranks_split_the_batches():
     assert {i for r in ranks for b in r for i in b} == set(range(10))
 
 
+def test_eval_shards_hold_every_batch_exactly_once():
+    def shards(n_records, ranks):
+        return [list(LengthGroupedBatchSampler([5] * n_records, 2, shuffle=False, group_by_length=False,
+                                               num_replicas=ranks, rank=r, equal_shards=False))
+                for r in range(ranks)]
+
+    three = shards(10, 3)  # 5 batches over 3 ranks: 2, 2, 1 and nothing repeated
+    assert [len(r) for r in three] == [2, 2, 1]
+    assert sorted(i for r in three for b in r for i in b) == list(range(10))
+    assert [len(LengthGroupedBatchSampler([5] * 10, 2, shuffle=False, num_replicas=3, rank=r,
+                                          equal_shards=False)) for r in range(3)] == [2, 2, 1]
+    # Fewer batches than ranks: a rank without a batch would leave the others waiting; it repeats one.
+    assert [len(r) for r in shards(3, 3)] == [1, 1, 1]
+
+
 def test_datamodule_batches_the_sample_data():
     dm = InstructionDataModule(path=str(REPO_ROOT / "data" / "sample.json"), batch_size=4,
                                shuffle_before_split=True, mask_prompt=True)

@@ -104,7 +104,7 @@ class InstructionDataModule(L.LightningDataModule):
             shuffle=train, group_by_length=self.group_by_length and train, group_batches=self.group_batches,
             seed=self.seed,
             drop_last=self.drop_last and train, num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0)
+            rank=trainer.global_rank if trainer else 0, equal_shards=train)
         if train:  # Lightning may build this loader more than once (e.g. to count steps)
             sampler.resume_at = self._resume_at
         return DataLoader(dataset, batch_sampler=sampler,

@@ -15,14 +15,14 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     Each epoch shuffles the indices, sorts windows of ``batch_size * group_batches`` of
     them by length, cuts those into batches and shuffles the batches. With
-    ``shuffle=False`` it yields plain consecutive batches (for evaluation) unless
-    ``sort`` asks for them sorted by length. ``num_replicas``/``rank`` shard the batches
-    across processes (every rank gets the same number).
+    ``shuffle=False`` it yields plain consecutive batches (for evaluation). ``num_replicas``/``rank`` shard the batches
+    across processes: with ``equal_shards`` every rank gets the same number (training), else
+    every batch goes to exactly one rank (evaluation: each record counted once).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
                  group_by_length: bool = True, group_batches: int = 16, seed: int = 0,
-                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
+                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0, equal_shards: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.lengths = list(lengths)
@@ -34,6 +34,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.drop_last = drop_last
         self.num_replicas = num_replicas
         self.rank = rank
+        self.equal_shards = equal_shards
         self.epoch = 0
         self.resume_at: tuple[int, int] | None = None
         """``(epoch, batches)``: in that epoch, skip the batches an interrupted run did."""
@@ -63,7 +64,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         # (which it calls after the DataLoader has already asked for the iterator).
         batches = self._all_batches()
         per_rank = len(self)
-        if self.num_replicas > 1:  # pad by wrapping so that every rank steps equally often
+        if self._wraps(len(batches)):  # pad by wrapping so that every rank steps equally often
             batches = (batches * self.num_replicas)[:per_rank * self.num_replicas]
         mine = batches[self.rank::self.num_replicas][:per_rank]
         if self.resume_at is not None and self.resume_at[0] == self.epoch:
@@ -71,10 +72,18 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             self.resume_at = None
         yield from mine
 
+    def _wraps(self, batches: int) -> bool:
+        """Whether ranks repeat batches to step equally often: in training (where every step is
+        a collective), and in evaluation only when there are fewer batches than ranks (a rank
+        without a batch would skip the loop and leave the others waiting)."""
+        return self.num_replicas > 1 and (self.equal_shards or batches < self.num_replicas)
+
     def __len__(self) -> int:
         n = len(self.lengths)
         batches = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-        return math.ceil(batches / self.num_replicas)
+        if self._wraps(batches):
+            return math.ceil(batches / self.num_replicas)
+        return len(range(self.rank, batches, self.num_replicas))
 
 
 class _IndexView(Sampler[int]):

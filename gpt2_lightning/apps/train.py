@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -28,8 +29,9 @@ from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 from gpt2_lightning.model.pretrained import load_pretrained
 from gpt2_lightning.resources import config_dir, register_resolvers
 from gpt2_lightning.train.callbacks import GracefulStop, last_checkpoint_path
-from gpt2_lightning.train.checkpoints import load_checkpoint_weights, read_checkpoint
+from gpt2_lightning.train.checkpoints import model_from_checkpoint, model_from_state_dict, read_checkpoint
 from gpt2_lightning.train.module import InstructionTuner
+from gpt2_lightning.train.strategies import shards_parameters
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +85,15 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
             stop = next((cb for cb in callbacks if isinstance(cb, GracefulStop) and cb.signal), None)
             raise SystemExit(128 + (stop.signal if stop else signal.SIGTERM)) from None
         save_final_last(trainer)
-    best = load_best_weights(trainer, tuner)
-    if cfg.test:
-        trainer.test(tuner, datamodule=datamodule)
+    best = best_checkpoint(trainer)
+    if cfg.test:  # the best weights (Lightning loads them as the strategy lays them out), else the final ones
+        trainer.test(tuner, datamodule=datamodule, ckpt_path=best.best_model_path if best else None,
+                     weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
+    model = delivered_model(trainer, tuner, best)  # every process: gathering may be a collective
     if trainer.is_global_zero:
-        finish_run(cfg, tuner, datamodule, output_dir, metrics, best)
+        finish_run(cfg, model, trainer.strategy.root_device, datamodule, output_dir, metrics, best)
     metric = best.best_model_score if best is not None and best.monitor == cfg.optimized_metric else None
     return float(metric) if metric is not None else metrics.get(cfg.optimized_metric)
 
@@ -115,26 +119,37 @@ def save_final_last(trainer: L.Trainer) -> None:
         trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
 
 
-def load_best_weights(trainer: L.Trainer, tuner: InstructionTuner) -> ModelCheckpoint | None:
-    """Put the best-by-validation weights into ``tuner`` (they, not the last, are used after)."""
+def best_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The checkpoint callback that chose a best-by-validation checkpoint, when there is one."""
     callback = trainer.checkpoint_callback
     if callback is None or callback.best_model_score is None or not Path(callback.best_model_path).is_file():
-        return None  # no checkpoint chosen by a metric (e.g. callbacks=none): keep the final weights
-    load_checkpoint_weights(tuner.model, callback.best_model_path)
+        return None  # no checkpoint chosen by a metric (e.g. callbacks=none): the final weights are used
     log.info("best checkpoint: %s (%s=%.4f)", callback.best_model_path, callback.monitor,
              float(callback.best_model_score))
     return callback
 
 
-def finish_run(cfg: DictConfig, tuner: InstructionTuner, datamodule: InstructionDataModule,
+def delivered_model(trainer: L.Trainer, tuner: InstructionTuner, best: ModelCheckpoint | None) -> GPTModel | None:
+    """The weights the run delivers (the best checkpoint's, else the final ones), whole, on global
+    rank zero; None on the other processes. Every process must call this: where the strategy
+    shards the parameters (FSDP), gathering them is a collective."""
+    if best is not None:
+        return model_from_checkpoint(best.best_model_path)[0] if trainer.is_global_zero else None
+    if not shards_parameters(trainer.strategy):
+        return tuner.model if trainer.is_global_zero else None
+    state = trainer.strategy.lightning_module_state_dict()
+    return model_from_state_dict(tuner.model.cfg, state, "the final weights") if trainer.is_global_zero else None
+
+
+def finish_run(cfg: DictConfig, model: GPTModel, device: torch.device, datamodule: InstructionDataModule,
                output_dir: Path, metrics: dict[str, float], best: ModelCheckpoint | None) -> None:
     """Export, answer the test split, score and plot: the run directory's deliverables."""
     style = datamodule.prompt_style
     if cfg.export:
-        export_model(tuner.model, output_dir / "export", style)
+        export_model(model, output_dir / "export", style)
     if cfg.respond:
         settings = GenerationSettings(**OmegaConf.to_container(cfg.generation, resolve=True), seed=cfg.seed)
-        model = for_inference(tuner.model, tuner.device)
+        model = for_inference(model, device)
         answered = respond(model, datamodule.datasets["test"].records, output_dir / "responses.json",
                            style, settings)
         scores = {**score_responses(answered),

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gpt2_lightning.data.prompts import format_prompt
 from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
+from gpt2_lightning.train.strategies import shards_parameters
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,15 @@ class ResponseSample(L.Callback):
         self.max_new_tokens = max_new_tokens
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # Where the parameters are sharded, every forward is a collective: all processes generate
+        # (greedy decoding takes the same steps on each); elsewhere only the one that logs.
+        if trainer.sanity_checking or not (trainer.is_global_zero or shards_parameters(trainer.strategy)):
             return
         style = pl_module.hparams.prompt_style
         settings = GenerationSettings(max_new_tokens=self.max_new_tokens)
         [answer] = answer_batch(pl_module.model, [self.record], style, settings)
+        if not trainer.is_global_zero:
+            return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 text = f"**{format_prompt(self.record, style).strip()}**\n\n{answer}".replace("\n", "  \n")

@@ -32,14 +32,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
-def _load_weights(model: GPTModel, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    load_state_dict_checked(model, state, source=str(path))
-
-
-def load_checkpoint_weights(model: GPTModel, path: str | os.PathLike) -> None:
-    """Put the GPT weights of a Lightning checkpoint into ``model`` (shapes checked)."""
-    _load_weights(model, read_checkpoint(path), path)
+def model_from_state_dict(config: GPTConfig, state_dict: dict[str, Any], source: str) -> GPTModel:
+    """A ``GPTModel`` of ``config`` in eval mode, holding the GPT weights (``model.*``) of an
+    ``InstructionTuner`` state dict; ``source`` names it in errors."""
+    model = GPTModel(config)
+    state = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+    load_state_dict_checked(model, state, source=source)
+    return model.eval()
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[GPTModel, dict[str, Any]]:
@@ -47,6 +46,5 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[GPTModel, dict[str, 
     its metadata (``model``, ``prompt_style``)."""
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
-    model = GPTModel(GPTConfig.from_dict(hparams["gpt_config"]))
-    _load_weights(model, checkpoint, path)
-    return model.eval(), {"model": model.cfg.to_dict(), "prompt_style": hparams.get("prompt_style", "alpaca")}
+    model = model_from_state_dict(GPTConfig.from_dict(hparams["gpt_config"]), checkpoint["state_dict"], str(path))
+    return model, {"model": model.cfg.to_dict(), "prompt_style": hparams.get("prompt_style", "alpaca")}

@@ -80,9 +80,12 @@ class InstructionTuner(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, count = self._loss(batch)
-        if not torch.isfinite(loss):  # one sync per step, to never step on a NaN gradient
+        finite = bool(torch.isfinite(loss))  # one sync per step, to never step on a NaN gradient
+        # Every process decides together: one that stopped alone would leave the others waiting.
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            what = f"is {loss.item()}" if not finite else "is NaN or infinite on another process"
             raise TrainingDivergedError(
-                f"the training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
+                f"the training loss {what} at step {self.global_step} (epoch {self.current_epoch}, "
                 f"batch {batch_idx}); lower optimizer.lr, set trainer.gradient_clip_val, or use "
                 f"trainer.precision=bf16-mixed instead of 16-mixed")
         self.train_loss_epoch.update(loss.detach(), weight=count)

@@ -1,8 +1,8 @@
-"""Distributed strategies that need the model's structure to be configured."""
+"""Distributed strategies: FSDP sharded per transformer block, and which strategies shard the model."""
 
 from __future__ import annotations
 
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
 
 from gpt2_lightning.model.gpt import TransformerBlock
 
@@ -13,3 +13,9 @@ def fsdp_strategy(activation_checkpointing: bool = False, **kwargs):
     return FSDPStrategy(auto_wrap_policy=blocks,
                         activation_checkpointing_policy=blocks if activation_checkpointing else None,
                         **kwargs)
+
+
+def shards_parameters(strategy: Strategy) -> bool:
+    """Whether no process holds the whole model: its forward and its state dict are then
+    collectives that every process must join."""
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))

@@ -3,6 +3,7 @@ and a wheel that carries every subpackage."""
 
 import ast
 import configparser
+import re
 import subprocess
 import sys
 
@@ -99,3 +100,23 @@ def test_setup_cfg_ships_every_subpackage_the_configs_and_the_sample_data():
     assert "gpt2_lightning.conf = conf" in setup["options"]["package_dir"]
     assert "gpt2_lightning.sample_data = data" in setup["options"]["package_dir"]
     assert setup["options.entry_points"]["console_scripts"].split() == ["gpt2", "=", "gpt2_lightning.apps.cli:main"]
+
+
+def test_every_package_the_library_imports_is_declared():
+    import importlib.metadata
+
+    imported = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"gpt2_lightning"}
+    distributions = importlib.metadata.packages_distributions()
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    declared = {re.split(r"[<>=!~ ;\[]", line.strip())[0].lower()
+                for line in setup["options"]["install_requires"].splitlines() if line.strip()}
+    undeclared = {name for name in third_party if not {d.lower() for d in distributions[name]} & declared}
+    assert undeclared == set()

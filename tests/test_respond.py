@@ -37,6 +37,16 @@ def test_an_interrupted_file_is_resumed_without_redoing_finished_records(tiny_ex
     assert respond(model, other, out, "alpaca", FAST, progress=False)[0]["model_response"] != "kept 0"
 
 
+def test_a_resumed_file_samples_what_an_uninterrupted_one_would(tiny_export, tmp_path):
+    model, _ = load_model(tiny_export)
+    sampling = GenerationSettings(max_new_tokens=6, temperature=1.0, top_k=50, batch_size=3, seed=7)
+    out = tmp_path / "responses.json"
+    whole = respond(model, RECORDS, out, "alpaca", sampling, progress=False)
+    out.write_text(json.dumps(whole[:3]))  # stopped after the first batch
+    assert respond(model, RECORDS, out, "alpaca", sampling, progress=False) == whole
+    assert len({r["model_response"] for r in whole}) > 1
+
+
 def test_answers_of_other_weights_settings_or_an_unknown_origin_are_never_reused(tiny_export, tmp_path):
     model, _ = load_model(tiny_export)
     out = tmp_path / "responses.json"

@@ -5,6 +5,7 @@ from lightning.pytorch import Callback
 
 from gpt2_lightning.apps.train import run
 from gpt2_lightning.evaluate.plot import read_scalars
+from gpt2_lightning.train.loss import masked_lm_loss
 from gpt2_lightning.train.module import InstructionTuner
 from tests.conftest import TINY_RUN, compose_train
 
@@ -128,3 +129,26 @@ def test_reference_settings_drop_the_last_batch_and_decay_every_parameter(tmp_pa
     n_params = len(list(InstructionTuner(dict(cfg.model.config)).model.parameters()))
     assert seen.groups == [(0.1, n_params), (0.0, 0)]
     assert seen.batches == 51 // 8  # 51 training records of the sample: the 3 left over are dropped
+
+
+@pytest.mark.slow
+def test_model_compile_compiles_the_training_loss_and_trains_as_eager(tmp_path):
+    from torch._dynamo.utils import counters
+
+    steps = (*TINY_RUN, "trainer.max_steps=2", "trainer.log_every_n_steps=1", "+trainer.limit_val_batches=0",
+             "~callbacks.response_sample")
+    run(compose_train(tmp_path / "eager", *steps))
+    torch._dynamo.reset()
+    counters.clear()
+
+    class LossFunction(Callback):
+        def on_train_end(self, trainer, pl_module):
+            self.loss_fn = pl_module.loss_fn
+
+    seen = LossFunction()
+    run(compose_train(tmp_path / "compiled", *steps, "model.compile=true"), extra_callbacks=[seen])
+    assert seen.loss_fn is not masked_lm_loss and counters["stats"]["calls_captured"] > 0
+    eager = read_scalars(tmp_path / "eager" / "tensorboard")["train_loss"]
+    compiled = read_scalars(tmp_path / "compiled" / "tensorboard")["train_loss"]
+    assert [s for s, _ in compiled] == [s for s, _ in eager] == [0, 1]
+    assert [v for _, v in compiled] == pytest.approx([v for _, v in eager], rel=1e-4)

@@ -105,11 +105,12 @@ def respond(model: GPTModel, records: Sequence[dict], path: str | os.PathLike,
     results = _finished_prefix(path, records) if _read_json(meta) == identity else []
     if not results:
         meta.unlink(missing_ok=True)  # until it is written again, nothing in path is trusted
-    generator = sampling_generator(model, settings.temperature, settings.seed)
     todo = records[len(results):]
     with tqdm(total=len(records), initial=len(results), desc="responses", disable=not progress) as bar:
         for start in range(0, len(todo), settings.batch_size):
             batch = todo[start:start + settings.batch_size]
+            # Seeded by the batch's place, so that a resumed file samples what an uninterrupted one would.
+            generator = sampling_generator(model, settings.temperature, settings.seed + len(results))
             answers = answer_batch(model, batch, style, settings, generator)
             results += [{**record, "model_response": text} for record, text in zip(batch, answers)]
             _save(path, results, meta, identity)  # every batch: an interruption loses one batch at most

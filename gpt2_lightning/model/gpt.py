@@ -153,7 +153,7 @@ class CausalSelfAttention(nn.Module):
             qkv = qkv.new_zeros(*keep.shape, qkv.shape[-1]).index_put((keep,), qkv)
         batch, seq, _ = qkv.shape
         q, k, v = qkv.view(batch, seq, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        is_causal = mask is None and (cache is None or cache.length == 0) and seq > 1
+        is_causal = bool(mask is None and (cache is None or cache.length == 0) and seq > 1)  # not symbolic
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = attention(q, k, v, mask, is_causal, dropout_p=self.drop_rate if self.training else 0.0)

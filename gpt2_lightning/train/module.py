@@ -53,6 +53,7 @@ class InstructionTuner(L.LightningModule):
         if model is not None and model.cfg != config:
             raise ValueError(f"the given model's config {model.cfg} differs from gpt_config {config}")
         self.model = model if model is not None else GPTModel(config)
+        self.loss_fn = masked_lm_loss
         self.train_loss_epoch = MeanMetric()
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
@@ -66,14 +67,14 @@ class InstructionTuner(L.LightningModule):
         return self.model.cfg
 
     def configure_model(self) -> None:
-        if self.hparams.compile:
-            self.model.compile()  # in place: parameter names (and checkpoints) stay the same
+        if self.hparams.compile:  # what training runs (the loss), not forward; parameter names stay the same
+            self.loss_fn = torch.compile(masked_lm_loss, dynamic=True)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return masked_lm_loss(self.model, batch["input_ids"], batch["targets"])
+        return self.loss_fn(self.model, batch["input_ids"], batch["targets"])
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()

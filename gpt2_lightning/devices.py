@@ -65,5 +65,8 @@ def inference_dtype(device: str | torch.device, requested: str = "auto") -> torc
 
 
 def for_inference(model: torch.nn.Module, device: str | torch.device, dtype: str = "auto") -> torch.nn.Module:
-    """``model`` on ``device`` in the generation dtype (see ``inference_dtype``), in eval mode."""
+    """``model`` on ``device`` (``auto``: CUDA where there is a GPU, else the CPU) in the
+    generation dtype (see ``inference_dtype``), in eval mode."""
+    if device == "auto":
+        device = default_device()
     return model.to(device, inference_dtype(device, dtype)).eval()

@@ -1,6 +1,7 @@
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import time
@@ -56,24 +57,81 @@ def test_session_history_new_and_retry_with_a_seed(tiny_export):
     assert session.prompt_ids("x") != ChatSession(model, get_style("phi3")).prompt_ids("x")  # history in prompt
 
 
-def test_interactive_terminal_session(tiny_export):
-    """A real pseudo-terminal: banner, prompt, answer, quit."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(sys.executable, [sys.executable, "-m", "gpt2_lightning", "chat", str(tiny_export),
-                                  "--temperature", "0", "--max-tokens", "6"])
-    output = b""
+class TerminalChat:
+    """``gpt2 chat`` in a real pseudo-terminal."""
 
-    def read_until(marker: bytes, timeout: float = 90) -> None:
-        nonlocal output
+    def __init__(self, export, home):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.environ["GPT2_LIGHTNING_CACHE"] = str(home)  # the input history goes there
+            os.execv(sys.executable, [sys.executable, "-m", "gpt2_lightning", "chat", str(export),
+                                      "--temperature", "0", "--max-tokens", "6"])
+        self.output = b""
+
+    def read_until(self, marker: bytes, timeout: float = 90) -> bytes:
         deadline = time.time() + timeout
-        while marker not in output and time.time() < deadline:
-            output += os.read(fd, 4096)
+        while marker not in self.output and time.time() < deadline:
+            try:
+                self.output += os.read(self.fd, 65536)
+            except OSError:  # the program ended
+                break
+        assert marker in self.output, self.output[-2000:]
+        before, _, self.output = self.output.partition(marker)
+        return before
 
-    read_until(b">>> ")
-    assert b"/help for commands" in output
-    os.write(fd, b"/settings\n")
-    read_until(b"max_tokens=6")
-    os.write(fd, b"/quit\n")
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    def send(self, text: str) -> None:
+        data = text.encode()
+        for start in range(0, len(data), 1024):  # a terminal takes typing in pieces
+            os.write(self.fd, data[start:start + 1024])
+            time.sleep(0.01)
+
+    def exit_code(self) -> int:
+        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+
+def test_interactive_terminal_session(tiny_export, tmp_path):
+    """A real pseudo-terminal: banner, prompt, commands, quit."""
+    chat = TerminalChat(tiny_export, tmp_path)
+    assert b"/help for commands" in chat.read_until(b">>> ")
+    chat.send("/settings\n")
+    chat.read_until(b"max_tokens=6")
+    chat.send("/quit\n")
+    assert chat.exit_code() == 0
+
+
+def test_terminal_edits_recalls_and_takes_long_lines_and_odd_commands(tiny_export, tmp_path):
+    chat = TerminalChat(tiny_export, tmp_path)
+    chat.read_until(b">>> ")
+    chat.send("/retry\n")
+    chat.read_until(b"nothing to retry yet")
+    chat.send("/\n")
+    chat.read_until(b"unknown command /; /help lists them")
+    chat.send("/new\n")
+    chat.read_until(b"new conversation")
+    chat.send("/retry\n")  # after /new there is nothing to answer again
+    chat.read_until(b"nothing to retry yet")
+    long_message = "word " * 1200  # 6000 characters: more than a terminal's line buffer
+    chat.send(long_message + "\n")
+    chat.read_until(b">>> ")
+    chat.send("/history\n")
+    history = chat.read_until(b"model: ")
+    assert long_message.strip().encode() in history.replace(b"\r\n", b"").replace(b"\r", b"")
+    chat.send("/settings\n")
+    chat.read_until(b"max_tokens=6")
+    chat.send("\x1b[A\n")  # the up arrow brings /settings back
+    chat.read_until(b"max_tokens=6")
+    chat.send(f"/save {tmp_path / 'missing' / 'chat.json'}\n")
+    chat.read_until(b"error: no folder")
+    assert not (tmp_path / "missing").exists()
+    chat.send("/quit\n")
+    assert chat.exit_code() == 0
+    assert "/settings" in (tmp_path / "chat_history").read_text()
+
+
+def test_ctrl_c_while_the_model_loads_leaves_quietly(tiny_export, tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "gpt2_lightning", "chat", str(tiny_export), "--prompt", "Hi"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # importing torch and loading the model take longer than this
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr

@@ -8,6 +8,8 @@ commands. --prompt TEXT (or --prompt - to read standard input) answers once.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,6 +24,7 @@ from gpt2_lightning.generation.stream import TextStream
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.tokenizer import encode
+from gpt2_lightning.resources import cache_dir
 
 HELP = """commands:
   /new                 start a new conversation (forget the history)
@@ -92,37 +95,32 @@ class ChatSession:
 
 def run_repl(session: ChatSession, stdin, stdout) -> int:
     """The interactive loop; returns the exit code."""
-    interactive = stdin.isatty()
-    last_message = None
+    read = terminal_reader() if stdin.isatty() and stdin is sys.stdin else None
     while True:
-        if interactive:
-            stdout.write("\n>>> ")
-            stdout.flush()
         try:
-            line = stdin.readline()
+            line = read() if read else stdin.readline()
         except KeyboardInterrupt:
             stdout.write("\n(use /quit to leave)\n")
             continue
+        except EOFError:  # Ctrl-D
+            line = ""
         if not line:
             return 0
         line = line.strip()
         if not line:
             continue
         if line.startswith("/"):
-            command, *args = line[1:].split(maxsplit=2)
+            command, *args = line[1:].split(maxsplit=2) or [""]
             if command in ("quit", "exit", "q"):
                 return 0
-            if command == "retry":
-                if last_message is None:
-                    stdout.write("nothing to retry yet\n")
-                    continue
-                session.history.pop()
-                line = last_message
-            else:
+            if command != "retry":
                 stdout.write(run_command(session, command, args) + "\n")
                 stdout.flush()
                 continue
-        last_message = line
+            if not session.history:
+                stdout.write("nothing to retry yet\n")
+                continue
+            line, _ = session.history.pop()
         try:
             for piece in session.stream(line):
                 stdout.write(piece)
@@ -131,6 +129,31 @@ def run_repl(session: ChatSession, stdin, stdout) -> int:
             stdout.write(" [stopped]")
         stdout.write("\n")
         stdout.flush()
+
+
+def terminal_reader():
+    """``input`` with line editing, arrow keys and history (GNU readline where Python has it),
+    and no limit on the length of a line; the history is kept in the user cache."""
+    with contextlib.suppress(ImportError):  # no readline on Windows: plain input()
+        import readline
+
+        history = cache_dir() / "chat_history"
+        with contextlib.suppress(OSError):
+            readline.read_history_file(history)
+
+        def save_history() -> None:
+            with contextlib.suppress(OSError):
+                history.parent.mkdir(parents=True, exist_ok=True)
+                readline.set_history_length(1000)
+                readline.write_history_file(history)
+
+        atexit.register(save_history)
+
+    def read() -> str:
+        print()
+        return input(">>> ") + "\n"
+
+    return read
 
 
 def run_command(session: ChatSession, command: str, args: list[str]) -> str:
@@ -156,6 +179,8 @@ def run_command(session: ChatSession, command: str, args: list[str]) -> str:
         if not args:
             return "usage: /save FILE"
         path = Path(" ".join(args)).expanduser()
+        if not path.parent.is_dir():
+            return f"error: no folder {path.parent} to save into; create it first or give another path"
         try:
             write_json(path, {"prompt_style": session.style.name, "settings": asdict(session.settings),
                               "turns": [{"user": q, "assistant": a} for q, a in session.history]})

@@ -50,12 +50,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in VERBS:
         verbs_parser().parse_args(argv)  # prints the help, the version or the error, and exits
-    verb, rest = argv[0], argv[1:]
+    try:
+        return run_verb(argv[0], argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C outside an answer (while importing or loading, say): leave quietly
+        print(file=sys.stderr)
+        return 130
+
+
+def run_verb(verb: str, args: list[str]) -> int:
     module = importlib.import_module(f"gpt2_lightning.apps.{VERBS[verb][0]}")
     if verb == "train":
         sys.argv[0] = f"{sys.argv[0]} train"
-        module.main(rest)
+        module.main(args)
         return 0
-    args = verb_parser(verb, module).parse_args(rest)
+    options = verb_parser(verb, module).parse_args(args)
     with exit_on_user_error():
-        return module.run(args) or 0
+        return module.run(options) or 0

@@ -9,7 +9,6 @@ import os
 import sys
 from collections.abc import Iterator
 
-from gpt2_lightning.devices import default_device
 from gpt2_lightning.errors import Gpt2LightningError
 
 # OS errors a user causes: a path that is missing, taken or not theirs, a full or read-only disk.
@@ -53,6 +52,7 @@ def exit_on_user_error() -> Iterator[None]:
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=default_device(), help="cpu, cuda, mps (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto: cuda where there is a GPU, "
+                        "else cpu (default: %(default)s)")
     parser.add_argument("--dtype", default="auto", help="weights for generation: auto (bf16 where the device "
                         "computes it natively, else float32), float32, bfloat16 or float16")

@@ -17,7 +17,8 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()  # once, at import: changing it per write would race other threads
+_UMASK = _read_umask()
+TEMP_SUFFIX = ".tmp"  # once, at import: changing it per write would race other threads
 
 
 @contextlib.contextmanager
@@ -32,7 +33,7 @@ def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OSError(err.errno, err.strerror, str(path.parent)) from None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             yield f
@@ -52,3 +53,15 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_write(path) as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
         f.write("\n")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writes killed midway left under ``folder`` (a checkpoint
+    write killed by SIGKILL leaves a whole checkpoint's worth); return what was removed. Call
+    it only where no write can be under way."""
+    removed = []
+    for tmp in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import hydra
 import pytest
 import torch
@@ -152,3 +154,41 @@ def test_model_compile_compiles_the_training_loss_and_trains_as_eager(tmp_path):
     compiled = read_scalars(tmp_path / "compiled" / "tensorboard")["train_loss"]
     assert [s for s, _ in compiled] == [s for s, _ in eager] == [0, 1]
     assert [v for _, v in compiled] == pytest.approx([v for _, v in eager], rel=1e-4)
+
+
+class RecordSaves(Callback):
+    """The name and global step of every checkpoint the run writes, through its real writer."""
+
+    def __init__(self):
+        self.saves = []
+
+    def on_fit_start(self, trainer, pl_module):
+        writer = trainer.strategy.checkpoint_io
+        write = writer.save_checkpoint
+
+        def save_checkpoint(checkpoint, path, storage_options=None):
+            self.saves.append((Path(path).name, checkpoint["global_step"]))
+            return write(checkpoint, path, storage_options)
+
+        writer.save_checkpoint = save_checkpoint
+
+
+def test_last_checkpoint_comes_at_the_first_validation_and_once_at_the_end(tmp_path):
+    # 51 training records in batches of 8: 7 steps an epoch, validation after each epoch.
+    recorder = RecordSaves()
+    run(compose_train(tmp_path, *TINY_RUN, "trainer.max_epochs=2", "trainer.val_check_interval=1.0",
+                      "data.batch_size=8"), extra_callbacks=[recorder])
+    # At step 7 (the first validation, long before the 5-minute clock); the second validation
+    # comes within 2 minutes of it, so last.ckpt waits for the end of training: written once.
+    assert [step for name, step in recorder.saves if name == "last.ckpt"] == [7, 14]
+
+
+def test_stale_temporary_files_of_killed_writes_are_removed_at_start(tmp_path):
+    stale = [tmp_path / "checkpoints" / ".last.ckpt.k3j4h5ab.tmp", tmp_path / ".responses.json.x81kq2.tmp"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\0" * 4096)
+    mine = tmp_path / "notes.tmp"
+    mine.write_text("not ours")
+    run(compose_train(tmp_path, *TINY_RUN, "trainer.max_steps=1"))
+    assert [path.exists() for path in stale] == [False, False] and mine.read_text() == "not ours"

@@ -13,6 +13,7 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,11 +25,11 @@ from gpt2_lightning.evaluate.plot import plot_losses
 from gpt2_lightning.evaluate.scores import score_responses
 from gpt2_lightning.export.folder import export_model
 from gpt2_lightning.generation.respond import GenerationSettings, respond
-from gpt2_lightning.io import write_json
+from gpt2_lightning.io import remove_stale_temp_files, write_json
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 from gpt2_lightning.model.pretrained import load_pretrained
 from gpt2_lightning.resources import config_dir, register_resolvers
-from gpt2_lightning.train.callbacks import GracefulStop, last_checkpoint_path
+from gpt2_lightning.train.callbacks import GracefulStop
 from gpt2_lightning.train.checkpoints import model_from_checkpoint, model_from_state_dict, read_checkpoint
 from gpt2_lightning.train.module import InstructionTuner
 from gpt2_lightning.train.strategies import shards_parameters
@@ -58,6 +59,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    if rank_zero_only.rank == 0:  # before anything writes; the other processes start later
+        for stale in remove_stale_temp_files(output_dir):
+            log.info("removed %s, left by a write that was killed", stale)
 
     datamodule: InstructionDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # bad data fails here, before a model is built or downloaded
@@ -84,7 +88,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
         except SIGTERMException:  # Ctrl-C or SIGTERM: GracefulStop saved last.ckpt
             stop = next((cb for cb in callbacks if isinstance(cb, GracefulStop) and cb.signal), None)
             raise SystemExit(128 + (stop.signal if stop else signal.SIGTERM)) from None
-        save_final_last(trainer)
     best = best_checkpoint(trainer)
     if cfg.test:  # the best weights (Lightning loads them as the strategy lays them out), else the final ones
         trainer.test(tuner, datamodule=datamodule, ckpt_path=best.best_model_path if best else None,
@@ -109,14 +112,6 @@ def checkpoint_to_resume(ckpt_path: str | None, output_dir: Path) -> str | None:
         return str(last)
     log.info("ckpt_path=auto: no %s yet, starting fresh", last)
     return None
-
-
-def save_final_last(trainer: L.Trainer) -> None:
-    """Make ``last.ckpt`` the state at the end of fit (checkpoints are saved every N steps,
-    so a run ending between two would otherwise resume from an older step)."""
-    path = last_checkpoint_path(trainer)
-    if path is not None and trainer.global_step > 0:
-        trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
 
 
 def best_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -41,6 +44,41 @@ class ResponseSample(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 text = f"**{format_prompt(self.record, style).strip()}**\n\n{answer}".replace("\n", "  \n")
                 logger.experiment.add_text("sample_response", text, trainer.global_step)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, the full training state to resume from, saved
+
+    - every ``train_time_interval`` of training (or every N steps, as ``ModelCheckpoint`` does),
+    - at a validation when none was saved in the last ``validation_interval`` (so the first
+      validation of a short run always saves, and a long run pays a write, ~3 s for gpt2-small,
+      at most once per interval),
+    - at the end of training, unless it was just saved at that very step.
+    """
+
+    def __init__(self, dirpath: str, train_time_interval: timedelta | None = timedelta(minutes=5),
+                 validation_interval: timedelta | None = timedelta(minutes=2), every_n_train_steps: int | None = None):
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, train_time_interval=train_time_interval,
+                         every_n_train_steps=every_n_train_steps)
+        self.validation_interval = validation_interval
+        self._saved_at: float | None = None
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._saved_at = time.monotonic()
+
+    def _save_now(self, trainer: L.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # skips sanity checks and a step already saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.validation_interval is not None and (
+                self._saved_at is None or time.monotonic() - self._saved_at >= self.validation_interval.total_seconds()):
+            self._save_now(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_now(trainer)
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path | None:

@@ -30,7 +30,7 @@ def test_default_config_instantiates_the_data_module_and_a_cpu_trainer(tmp_path)
     cfg = compose_train(tmp_path, "trainer=cpu")
     datamodule = hydra.utils.instantiate(cfg.data)
     assert isinstance(datamodule, InstructionDataModule)
-    assert Path(datamodule.path) == cache_dir() / "data" / "instruction-data.json"
+    assert datamodule.data_file() == cache_dir() / "data" / "instruction-data.json"
     assert (datamodule.batch_size, datamodule.split, datamodule.fields.output) == (8, [0.85, 0.05, 0.10], "output")
     assert cfg.trainer.precision == "auto"  # resolved by the job, as below
     trainer = hydra.utils.instantiate(cfg.trainer, precision=resolve_precision("auto", "cpu"))

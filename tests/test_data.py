@@ -142,3 +142,22 @@ def test_datamodule_passes_its_grouping_to_the_sampler():
     with pytest.raises(ValueError, match="data.group_batches must be at least 1, got 0"):
         InstructionDataModule(path="x.json", group_batches=0)
 
+
+
+def test_only_the_default_location_is_downloaded_to_never_a_path_of_the_users(tmp_path):
+    from gpt2_lightning.errors import DataError
+    from tests.http_server import FileServer
+
+    body = (REPO_ROOT / "data" / "sample.json").read_bytes()
+    with FileServer({"/instruction-data.json": body}) as server:
+        url = f"{server.url}/instruction-data.json"
+        mistyped = InstructionDataModule(path=str(tmp_path / "my-dta.json"), url=url, download_dir=str(tmp_path))
+        mistyped.prepare_data()
+        with pytest.raises(DataError, match="my-dta.json: no such file"):
+            mistyped.setup()
+        assert server.faults.requests == [] and not (tmp_path / "my-dta.json").exists()
+        default = InstructionDataModule(url=url, download_dir=str(tmp_path / "cache"))
+        default.prepare_data()
+        default.setup()
+    assert (tmp_path / "cache" / "instruction-data.json").read_bytes() == body
+    assert len(server.faults.requests) == 1 and sum(len(d) for d in default.datasets.values()) == 60

@@ -90,3 +90,21 @@ def test_bad_split_fractions(fractions, message):
 def test_empty_split_is_an_error():
     with pytest.raises(DataError, match="the test split is empty: 5 records x 0.1 rounds to 0"):
         split_records([{}] * 5)
+
+
+def test_records_in_another_shape_get_the_fields_to_set(tmp_path):
+    path = tmp_path / "pc.jsonl"
+    path.write_text('{"prompt": "Name a color.", "completion": "Red."}\n')
+    with pytest.raises(DataError) as err:
+        load_records(path)
+    assert str(err.value) == (f"{path}: record 0: missing field 'instruction'; its fields suggest "
+                              "data.fields.instruction=prompt data.fields.output=completion")
+    assert load_records(path, FieldNames(instruction="prompt", output="completion"))[0]["output"] == "Red."
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.parquet", "data.TXT"])
+def test_a_file_of_another_format_says_which_formats_are_read(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("instruction,output\nName a color.,Red.\n")
+    with pytest.raises(DataError, match=r"records are read from a JSON array \(\.json\) or JSON Lines \(\.jsonl\)"):
+        load_records(path)

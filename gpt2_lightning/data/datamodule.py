@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,16 +15,20 @@ from gpt2_lightning.data.records import FieldNames, load_records, split_records
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler
 from gpt2_lightning.errors import ConfigError, DataError
 from gpt2_lightning.fetch import download
+from gpt2_lightning.resources import cache_dir
 
 
 @dataclass
 class InstructionDataModule(L.LightningDataModule):
     """Alpaca-style instruction data: download, validate, format, split, batch."""
 
-    path: str = "data/instruction-data.json"
-    """JSON array or JSON Lines file of records."""
+    path: str | None = None
+    """JSON array or JSON Lines file of records; None: the dataset at ``url``."""
     url: str | None = None
-    """Downloaded to ``path`` once when the file is missing (``null``: never download)."""
+    """With no ``path``: the dataset downloaded once into ``download_dir`` (never to a ``path``
+    of the user's: a mistyped name is an error, not a download)."""
+    download_dir: str | None = None
+    """Where ``url`` is downloaded to (default: ``data/`` of the user cache)."""
     prompt_style: str = "alpaca"
     """A name in ``gpt2_lightning.data.prompts.PROMPT_STYLES``."""
     fields: FieldNames = field(default_factory=FieldNames)
@@ -66,17 +71,25 @@ class InstructionDataModule(L.LightningDataModule):
         self.datasets: dict[str, InstructionDataset] = {}
         self._resume_at: tuple[int, int] | None = None
 
+    def data_file(self) -> Path:
+        """The records' file: ``path``, else where ``url`` is downloaded to."""
+        if self.path is not None:
+            return Path(self.path)
+        if not self.url:
+            raise ConfigError("no data: give data.path a file of records (or data.url a dataset to download)")
+        folder = Path(self.download_dir) if self.download_dir else cache_dir() / "data"
+        return folder / Path(urllib.parse.urlparse(self.url).path).name
+
     def prepare_data(self) -> None:
-        if not Path(self.path).is_file() and self.url:
-            download(self.url, self.path)
+        if self.path is None and not self.data_file().is_file():
+            download(self.url, self.data_file())
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        if not Path(self.path).is_file() and not self.url:
-            raise DataError(f"{self.path}: no such file (give data.path an existing file, or "
-                            f"data.url to download one)")
-        records = load_records(self.path, self.fields)
+        if not self.data_file().is_file():
+            raise DataError(f"{self.data_file()}: no such file (give data.path an existing file of records)")
+        records = load_records(self.data_file(), self.fields)
         splits = split_records(records, self.split, self.shuffle_before_split, self.seed)
         self.datasets = {name: InstructionDataset(part, self.style)
                          for name, part in zip(("train", "val", "test"), splits)}

@@ -46,7 +46,11 @@ def load_records(path: str | os.PathLike, fields: FieldNames = FieldNames()) -> 
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
     if not text.strip():
         raise DataError(f"{path}: the file is empty, it holds no records")
-    raw = _parse_jsonl(path, text) if path.suffix == ".jsonl" else _parse_json(path, text)
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".jsonl", ""):
+        raise DataError(f"{path}: a {suffix} file; records are read from a JSON array (.json) or "
+                        f"JSON Lines (.jsonl), one object per record")
+    raw = _parse_jsonl(path, text) if suffix == ".jsonl" else _parse_json(path, text)
     if not raw:
         raise DataError(f"{path}: holds no records")
     return [validate_record(item, path, index, fields) for index, item in enumerate(raw)]
@@ -92,9 +96,9 @@ def validate_record(item, path: Path | str, index: int, fields: FieldNames = Fie
                         f"'{fields.output}', got a JSON {_json_type(item)}")
     output_key = next((k for k in (fields.output, *fields.output_aliases) if k in item), None)
     if fields.instruction not in item:
-        raise DataError(f"{where}: missing field '{fields.instruction}'")
+        raise DataError(f"{where}: missing field '{fields.instruction}'{_mapping_hint(item, fields)}")
     if output_key is None:
-        raise DataError(f"{where}: missing field '{fields.output}'")
+        raise DataError(f"{where}: missing field '{fields.output}'{_mapping_hint(item, fields)}")
     values = {}
     for canonical, key, required in (("instruction", fields.instruction, True),
                                      ("input", fields.input, False),
@@ -109,6 +113,24 @@ def validate_record(item, path: Path | str, index: int, fields: FieldNames = Fie
         values[canonical] = value
     extra = {k: v for k, v in item.items() if k not in (fields.instruction, fields.input, output_key)}
     return {**values, **extra}
+
+
+# Keys other datasets use for the instruction and the answer.
+INSTRUCTION_KEYS = ("prompt", "question", "query", "instruction_text", "input_text")
+OUTPUT_KEYS = ("completion", "answer", "target", "output_text", "chosen")
+
+
+def _mapping_hint(item: dict, fields: FieldNames) -> str:
+    """The ``data.fields`` settings that would read ``item``, when its keys make them obvious."""
+    settings = []
+    for name, current, known in (("instruction", fields.instruction, INSTRUCTION_KEYS),
+                                 ("output", fields.output, (*fields.output_aliases, *OUTPUT_KEYS))):
+        if current not in item:
+            key = next((k for k in known if k in item), None)
+            if key is None:
+                return f" (the record's fields: {', '.join(map(str, item))})"
+            settings.append(f"data.fields.{name}={key}")
+    return f"; its fields suggest {' '.join(settings)}"
 
 
 def split_records(records: Sequence[Record], fractions: Sequence[float] = (0.85, 0.05, 0.10),

@@ -41,8 +41,17 @@ def test_config_errors_stop_before_any_work(tmp_path):
     result = run_train_py(*TINY, "data.prompt_style=chatml", f"hydra.run.dir={tmp_path / 'c'}")
     assert result.returncode == 2 and "unknown prompt style 'chatml'" in result.stderr
     result = run_train_py(*TINY, "model=gpt2-huge", f"hydra.run.dir={tmp_path / 'd'}")
-    assert result.returncode != 0 and "gpt2-huge" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "a" / "checkpoints").exists()
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: In 'train.yaml': Could not find 'model/gpt2-huge'; Available options in 'model': "
+        "gpt2-large, gpt2-medium, gpt2-small, gpt2-xl, tiny")
+    result = run_train_py(*TINY, "trainer.precision=64", f"hydra.run.dir={tmp_path / 'e'}")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "error: trainer.precision=64 is not one this project trains in; use auto, 32-true, 32, bf16-mixed, "
+        "bf16-true, 16-mixed (16-mixed on GPUs)")
+    result = run_train_py(*TINY, "trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'f'}")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: Could not override 'trainer.max_epoch'; To append to your config use +trainer.max_epoch=3")
+    assert not any((tmp_path / run / "checkpoints").exists() for run in "abcdef")
 
 
 @pytest.mark.slow

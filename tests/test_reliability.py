@@ -76,8 +76,8 @@ def test_resuming_from_last_ckpt_alone_continues_the_same_run(tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
-    # Only the checkpoint: no run directory, from another working directory.
-    resumed = run_train_py(*RESUMABLE, *finish, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path)
+    # Only the checkpoint, from another working directory: the run's own settings come back.
+    resumed = run_train_py(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no new run directory
     scalars = read_scalars(run_dir / "tensorboard")
@@ -91,6 +91,20 @@ def test_resuming_from_last_ckpt_alone_continues_the_same_run(tmp_path):
     assert scores["best_checkpoint"] == best.name and f"val{min(validations):.4f}" in best.name
     assert (run_dir / "loss.png").is_file()
     assert "Traceback" not in resumed.stderr
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_train_py(*RESUMABLE, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}").returncode == 0
+    made = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts}
+    resumed = run_train_py(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"the run in {run_dir} is complete" in (run_dir / "train.log").read_text()
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts}
+    assert {p: t for p, t in after.items() if p.name != "train.log"} == \
+        {p: t for p, t in made.items() if p.name != "train.log"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_ckpt_path_auto_resumes_the_run_directorys_last_checkpoint_or_starts_fresh(tmp_path):

@@ -4,6 +4,7 @@ test -> export -> respond -> evaluate -> plot, all in one run directory."""
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,9 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -20,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt2_lightning.allocator import keep_freed_memory
 from gpt2_lightning.apps.common import exit_on_user_error
 from gpt2_lightning.data.datamodule import InstructionDataModule
-from gpt2_lightning.devices import check_accelerator, for_inference, resolve_precision
+from gpt2_lightning.devices import check_trainer, for_inference, resolve_precision
 from gpt2_lightning.evaluate.plot import plot_losses
 from gpt2_lightning.evaluate.scores import score_responses
 from gpt2_lightning.export.folder import export_model
@@ -55,10 +59,18 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
 
     ``extra_callbacks`` join the configured ones (for notebooks and tests).
     """
-    check_accelerator(str(cfg.trainer.accelerator))
+    check_trainer(cfg.trainer)
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = checkpoint_to_resume(cfg.ckpt_path, output_dir)
+    if ckpt_path is not None:
+        checkpoint = read_checkpoint(ckpt_path)  # a clear error for a missing, corrupt or foreign file, now
+        if cfg.train and training_is_complete(checkpoint, cfg.trainer):
+            log.warning("the run in %s is complete (step %d, epoch %d of trainer.max_epochs=%s): nothing to "
+                        "resume, nothing changed; to train longer, resume with a larger trainer.max_epochs",
+                        output_dir, checkpoint["global_step"], checkpoint["epoch"], cfg.trainer.max_epochs)
+            return None
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
     if rank_zero_only.rank == 0:  # before anything writes; the other processes start later
         for stale in remove_stale_temp_files(output_dir):
             log.info("removed %s, left by a write that was killed", stale)
@@ -66,7 +78,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     datamodule: InstructionDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # bad data fails here, before a model is built or downloaded
     datamodule.setup()
-    ckpt_path = checkpoint_to_resume(cfg.ckpt_path, output_dir)
     model = build_model(cfg.model, cfg.paths.cache_dir, resuming=ckpt_path is not None)
     if datamodule.max_length is None:
         datamodule.max_length = model.cfg.context_length
@@ -80,8 +91,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     log.info("model: %s, %.1fM parameters, precision %s", cfg.model.name, model.num_parameters() / 1e6,
              precision)
 
-    if ckpt_path is not None:
-        read_checkpoint(ckpt_path)  # a clear error for a missing, corrupt or foreign file, now
     if cfg.train:
         try:
             trainer.fit(tuner, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -99,6 +108,16 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
         finish_run(cfg, model, trainer.strategy.root_device, datamodule, output_dir, metrics, best)
     metric = best.best_model_score if best is not None and best.monitor == cfg.optimized_metric else None
     return float(metric) if metric is not None else metrics.get(cfg.optimized_metric)
+
+
+def training_is_complete(checkpoint: dict, trainer_cfg: DictConfig) -> bool:
+    """Whether the run that saved ``checkpoint`` already reached ``trainer.max_steps`` or
+    ``trainer.max_epochs`` (as they are set now: raising one continues a finished run)."""
+    epochs_done = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}) \
+        .get("total", {}).get("completed", 0)
+    max_steps, max_epochs = trainer_cfg.get("max_steps", -1), trainer_cfg.get("max_epochs")
+    return (max_steps is not None and max_steps >= 0 and checkpoint.get("global_step", 0) >= max_steps) or \
+        (max_epochs is not None and max_epochs >= 0 and epochs_done >= max_epochs)
 
 
 def checkpoint_to_resume(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -161,26 +180,53 @@ def finish_run(cfg: DictConfig, model: GPTModel, device: torch.device, datamodul
 def main(overrides: Sequence[str] | None = None) -> None:
     """Compose ``conf/train.yaml`` with Hydra from ``overrides`` (default: the command line's
     arguments, as ``python train.py`` passes them) and run the job."""
-    args = list(sys.argv[1:] if overrides is None else overrides)
-    sys.argv = [sys.argv[0], *resume_in_its_run(args)]  # Hydra reads its arguments from sys.argv
     register_resolvers()
+    args = resume_in_its_run(list(sys.argv[1:] if overrides is None else overrides))
+    check_composes(args)
+    sys.argv = [sys.argv[0], *args]  # Hydra reads its arguments from sys.argv
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train.yaml")(_job)()
 
 
+def check_composes(args: list[str]) -> None:
+    """A config that cannot be composed (an unknown choice, a mistyped key) is one line and
+    exit code 2 here, not Hydra's report. Sweeps and Hydra's own flags are Hydra's to check."""
+    if any(arg.startswith("-") for arg in args):
+        return
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+            compose("train.yaml", overrides=args)
+    except HydraException as err:
+        message = str(err).split("\nConfig search path:")[0]
+        message = re.sub(r"\.?\n+", "; ", re.sub(r"\n\t", ", ", re.sub(r":\n\t", ": ", message)))
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def resume_in_its_run(args: list[str]) -> list[str]:
-    """``args``, and for ``ckpt_path=<run>/checkpoints/<file>.ckpt`` the run directory it came
-    from as Hydra's, so that a resumed run goes on writing into the same run: the same best
-    checkpoints and scores, TensorBoard run and log. A run directory given by the user (or a
-    sweep) is left as it is."""
+    """For ``ckpt_path=<run>/checkpoints/<file>.ckpt``: that run's own overrides (those given now
+    win) and its directory as Hydra's, so that resuming goes on with the same run, in the same
+    place: its config and data, best checkpoints and scores, TensorBoard run and log. A run
+    directory given by the user (or a sweep) is left as it is."""
     ckpt = next((a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("ckpt_path=")), None)
     if ckpt in (None, "null", "auto") or {"-m", "--multirun"} & set(args) or \
             any(a.startswith("hydra.run.dir=") for a in args):
         return args
     run_dir = Path(ckpt).resolve().parent.parent
-    if Path(ckpt).parent.name != "checkpoints" or not (run_dir / ".hydra").is_dir():
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if Path(ckpt).parent.name != "checkpoints" or not saved.is_file():
         return args  # not a checkpoint of a run of this project
+    given = {override_key(a) for a in args} | {"ckpt_path", "hydra.run.dir"}
+    original = [o for o in OmegaConf.load(saved) if override_key(o) not in given]
     quoted = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
-    return [*args, f"hydra.run.dir='{quoted}'"]
+    return [*original, *args, f"hydra.run.dir='{quoted}'"]
+
+
+def override_key(override: str) -> str:
+    """``+trainer.max_epochs=3`` -> ``trainer.max_epochs``."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _job(cfg: DictConfig) -> float | None:

@@ -30,6 +30,7 @@ def test_bad_data_is_one_clear_line(tmp_path, content, message):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {path}: {message}"
     assert "Traceback" not in result.stderr
+    assert f"error: {path}: {message}" in (tmp_path / "run" / "train.log").read_text()  # the log says why too
 
 
 @pytest.mark.slow
@@ -104,3 +105,17 @@ def test_optuna_sweep_runs_trials_and_reports_the_best(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
     best = (tmp_path / "optimization_results.yaml").read_text()
     assert "optimizer.lr" in best and "data.batch_size" in best and "best_value" in best
+
+
+@pytest.mark.slow
+def test_the_console_and_train_log_have_one_line_per_event_and_no_noise(tmp_path):
+    result = run_train_py("model=tiny", "data=sample", "trainer=cpu", "trainer.max_steps=2", "generation.max_new_tokens=2",
+                          "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    assert console.count("`Trainer.fit` stopped: `max_steps=2` reached.") == 1
+    assert "Tip:" not in console and "LeafSpec" not in console and "model summary" not in console
+    log = (tmp_path / "train.log").read_text()
+    assert "`Trainer.fit` stopped" in log and "model: tiny" in log and "eval: {" in log
+    # Two steps log no train_loss (trainer.log_every_n_steps=5): the plot is skipped, not a failure.
+    assert "no loss plot: no train_loss was logged" in log and not (tmp_path / "loss.png").exists()

@@ -120,3 +120,20 @@ def test_a_model_setting_that_cannot_work_is_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "error: GPTConfig.n_heads=3 must divide emb_dim=64 (each head gets emb_dim / n_heads channels)")
+
+
+@pytest.mark.slow
+def test_respond_answers_a_runs_test_split_from_another_directory(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "mine.json").write_text((REPO_ROOT / "data" / "sample.json").read_text())
+    trained = gpt2("train", "model=tiny", "data=sample", "data.path=mine.json", "trainer=cpu", "trainer.max_steps=1",
+                   "respond=false", "plot=false", "test=false", "callbacks.progress_bar.refresh_rate=0",
+                   "hydra.run.dir=run", cwd=tmp_path / "a", timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    run = tmp_path / "a" / "run"
+    (tmp_path / "b").mkdir()
+    answered = gpt2("respond", str(run), "--max-new-tokens", "2", cwd=tmp_path / "b")
+    assert answered.returncode == 0, answered.stderr[-2000:]
+    responses = json.loads((run / "responses.json").read_text())
+    assert [r["instruction"] for r in responses] == [r["instruction"] for r in json.loads(
+        (run / "test-split.json").read_text())] and len(responses) == 6

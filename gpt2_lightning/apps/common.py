@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import logging
 import os
 import sys
 from collections.abc import Iterator
 
 from gpt2_lightning.errors import Gpt2LightningError
+
+TEST_SPLIT_FILE = "test-split.json"  # in a run directory: the test records, as the run split them
 
 # OS errors a user causes: a path that is missing, taken or not theirs, a full or read-only disk.
 USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -38,17 +41,29 @@ def root_cause(err: BaseException) -> BaseException:
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Print a user error as ``error: ...`` and exit 2; ``GPT2_LIGHTNING_DEBUG=1`` re-raises."""
+    """Print a user error as ``error: ...`` and exit 2; ``GPT2_LIGHTNING_DEBUG=1`` re-raises.
+    Either way the error also goes to the log files (a run's ``train.log``)."""
     try:
         yield
     except Exception as err:
         cause = root_cause(err)
         if not is_user_error(cause) or os.environ.get("GPT2_LIGHTNING_DEBUG"):
+            _to_log_files(logging.ERROR, "the run failed", err)
             raise
         message = str(cause) if not isinstance(cause, OSError) or not cause.filename else \
             f"{cause.filename}: {cause.strerror}"
+        _to_log_files(logging.ERROR, f"error: {message}")
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _to_log_files(level: int, message: str, err: BaseException | None = None) -> None:
+    """``message`` (and the traceback of ``err``) into the log's files only: the console shows it once."""
+    exc_info = (type(err), err, err.__traceback__) if err is not None else None
+    record = logging.LogRecord("gpt2_lightning", level, __file__, 0, message, None, exc_info)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import hydra
 from omegaconf import OmegaConf
 
-from gpt2_lightning.apps.common import add_device_arguments
+from gpt2_lightning.apps.common import TEST_SPLIT_FILE, add_device_arguments
+from gpt2_lightning.data.records import load_records
 from gpt2_lightning.devices import for_inference
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.respond import GenerationSettings, read_instructions, respond
@@ -54,10 +55,13 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_test_split(run_dir: Path) -> list[dict]:
-    """The test records of a training run, split again from its saved data config."""
+    """The test records of a training run: the split it saved, else (runs of older versions)
+    split again from its saved data config."""
+    if (run_dir / TEST_SPLIT_FILE).is_file():
+        return load_records(run_dir / TEST_SPLIT_FILE)
     config = run_dir / ".hydra" / "config.yaml"
     if not config.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no .hydra/config.yaml); give --records")
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {TEST_SPLIT_FILE}); give --records")
     register_resolvers()
     datamodule = hydra.utils.instantiate(OmegaConf.load(config).data)
     datamodule.setup()

@@ -7,6 +7,7 @@ import logging
 import re
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,10 +23,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gpt2_lightning.allocator import keep_freed_memory
-from gpt2_lightning.apps.common import exit_on_user_error
+from gpt2_lightning.apps.common import TEST_SPLIT_FILE, exit_on_user_error
 from gpt2_lightning.data.datamodule import InstructionDataModule
 from gpt2_lightning.devices import check_trainer, for_inference, resolve_precision
-from gpt2_lightning.evaluate.plot import plot_losses
+from gpt2_lightning.evaluate.plot import plot_losses, read_scalars
 from gpt2_lightning.evaluate.scores import score_responses
 from gpt2_lightning.export.folder import export_model
 from gpt2_lightning.generation.respond import GenerationSettings, respond
@@ -78,6 +79,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     datamodule: InstructionDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # bad data fails here, before a model is built or downloaded
     datamodule.setup()
+    if rank_zero_only.rank == 0:  # what `gpt2 respond RUN` answers, wherever the data lives by then
+        write_json(output_dir / TEST_SPLIT_FILE, datamodule.datasets["test"].records)
     model = build_model(cfg.model, cfg.paths.cache_dir, resuming=ckpt_path is not None)
     if datamodule.max_length is None:
         datamodule.max_length = model.cfg.context_length
@@ -174,7 +177,11 @@ def finish_run(cfg: DictConfig, model: GPTModel, device: torch.device, datamodul
         write_json(output_dir / "eval.json", scores)
         log.info("eval: %s", scores)
     if cfg.plot and cfg.train and (output_dir / "tensorboard").is_dir():
-        log.info("loss plot: %s", plot_losses(output_dir))
+        if "train_loss" in read_scalars(output_dir / "tensorboard"):
+            log.info("loss plot: %s", plot_losses(output_dir))
+        else:
+            log.warning("no loss plot: no train_loss was logged (the run trained fewer steps than "
+                        "trainer.log_every_n_steps=%s)", cfg.trainer.log_every_n_steps)
 
 
 def main(overrides: Sequence[str] | None = None) -> None:
@@ -230,5 +237,27 @@ def override_key(override: str) -> str:
 
 
 def _job(cfg: DictConfig) -> float | None:
+    one_log()
     with exit_on_user_error():
         return run(cfg)
+
+
+# Lightning's messages that say nothing about this run.
+_NOISE = ("💡 Tip:",)
+_HARMLESS_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",  # inside Lightning, torch >= 2.9
+                      r"Precision .* is not supported by the model summary.*")
+
+
+def one_log() -> None:
+    """One line per event, in one format, in the console and in ``train.log`` alike: Lightning's
+    own loggers and Python's warnings go through the handlers Hydra set up, without Lightning's
+    advertising tips and warnings known to be harmless."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: not str(record.msg).startswith(_NOISE))
+    for message in _HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    logging.captureWarnings(True)

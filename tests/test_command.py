@@ -137,3 +137,16 @@ def test_respond_answers_a_runs_test_split_from_another_directory(tmp_path):
     responses = json.loads((run / "responses.json").read_text())
     assert [r["instruction"] for r in responses] == [r["instruction"] for r in json.loads(
         (run / "test-split.json").read_text())] and len(responses) == 6
+
+
+@pytest.mark.slow
+def test_a_served_run_is_named_by_its_experiment_and_model(tmp_path):
+    from gpt2_lightning.apps.serve import served_name
+
+    trained = gpt2("train", "experiment=quickstart", "model=tiny", "trainer.max_steps=1", "respond=false", "plot=false",
+                   "test=false", "callbacks.progress_bar.refresh_rate=0", "hydra.run.dir=run", cwd=tmp_path, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    run = tmp_path / "run"
+    names = {served_name(str(p)) for p in (run, run / "export", run / "checkpoints" / "last.ckpt")}
+    assert names == {"quickstart-tiny"}
+    assert served_name("gpt2-medium") == "gpt2-medium"

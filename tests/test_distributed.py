@@ -27,6 +27,7 @@ def test_test_loss_with_two_processes_equals_one_process(tmp_path):
     [(_, alone)] = read_scalars(tmp_path / "one" / "tensorboard")["test_loss"]
     [(_, shared)] = read_scalars(tmp_path / "two" / "tensorboard")["test_loss"]
     assert shared == pytest.approx(alone, abs=1e-5)
+    assert "sync_dist" not in two.stdout + two.stderr  # every logged metric is synced across processes
 
 
 @pytest.mark.slow

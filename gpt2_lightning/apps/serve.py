@@ -23,6 +23,7 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from omegaconf import OmegaConf
 from pydantic import BaseModel, Field, field_validator
 
 from gpt2_lightning.apps.common import add_device_arguments
@@ -270,7 +271,8 @@ def _error(status: int, message: str, param: str | None = None, kind: str = "inv
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="what to serve: a run directory, export folder, .ckpt, or GPT-2 weights")
-    parser.add_argument("--name", help="the model id in the API (default: the folder or file name)")
+    parser.add_argument("--model-name", "--name", dest="name", help="the model id in the API (default: a run's "
+                        "experiment and model, e.g. quickstart-gpt2-small; else the folder or file name)")
     parser.add_argument("--style", help="prompt style (default: the one the model was trained with)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; 0.0.0.0 exposes the server to the network (default: %(default)s)")
@@ -282,12 +284,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
 
 
+def served_name(spec: str) -> str:
+    """A model id that says what is served: for a run (its directory, export or checkpoint) its
+    experiment and model (``quickstart-gpt2-small``), else the folder or file name."""
+    path = Path(spec).resolve()
+    if not path.exists():  # a size name or a URL
+        return spec
+    for run in (path, path.parent, path.parent.parent):
+        saved = run / ".hydra"
+        if (saved / "config.yaml").is_file() and (saved / "hydra.yaml").is_file():
+            model = OmegaConf.load(saved / "config.yaml").model.name
+            experiment = OmegaConf.load(saved / "hydra.yaml").hydra.runtime.choices.get("experiment")
+            return "-".join(part for part in (experiment, model) if part)
+    return (path.stem if path.suffix else path.name) or "gpt2-lightning"
+
+
 def run(args: argparse.Namespace) -> None:
     import uvicorn
 
     model, meta = load_model(args.model)
     style = get_style(args.style or meta["prompt_style"])
-    name = args.name or Path(args.model).name or "gpt2-lightning"
+    name = args.name or served_name(args.model)
     app = create_app(for_inference(model, args.device, args.dtype), style, name, args.max_tokens)
     print(f"serving {name} ({style.name} prompts) on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -91,7 +91,7 @@ class InstructionTuner(L.LightningModule):
                 f"trainer.precision=bf16-mixed instead of 16-mixed")
         self.train_loss_epoch.update(loss.detach(), weight=count)
         self._scored_in_step = count
-        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -109,7 +109,7 @@ class InstructionTuner(L.LightningModule):
                        "scored_tokens_per_sec": scored / elapsed}, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self) -> None:
-        self.log("train_loss_epoch", self.train_loss_epoch.compute())
+        self.log("train_loss_epoch", self.train_loss_epoch.compute(), sync_dist=True)
         self.train_loss_epoch.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -128,7 +128,7 @@ class InstructionTuner(L.LightningModule):
         """Log the split's loss averaged over tokens (synced across processes) and its perplexity."""
         loss = metric.compute()
         metric.reset()
-        self.log_dict({f"{split}_loss": loss, f"{split}_ppl": torch.exp(loss)}, prog_bar=prog_bar)
+        self.log_dict({f"{split}_loss": loss, f"{split}_ppl": torch.exp(loss)}, prog_bar=prog_bar, sync_dist=True)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -13,6 +13,8 @@ import torch
 
 # Offline: the GPT-2 vocabulary pre-fetched beside the repository, as the tests use it.
 _CACHE = Path(__file__).resolve().parents[2] / "shared" / "tiktoken_cache"
+# The 1100-record seed dataset, when a copy lies beside the repository.
+SEED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and _CACHE.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_CACHE)
 
@@ -61,3 +63,12 @@ def model_pair(cfg):
 def fmt(stats: dict[str, float], scale: float = 1.0, unit: str = "s") -> str:
     return (f"{stats['median'] * scale:.3g} {unit} (min {stats['min'] * scale:.3g}, "
             f"max {stats['max'] * scale:.3g})")
+
+
+def train_split(path: Path):
+    """The training split of the records in ``path`` (the reference split), tokenised."""
+    from gpt2_lightning.data.datamodule import InstructionDataModule
+
+    datamodule = InstructionDataModule(path=str(path))
+    datamodule.setup()
+    return datamodule.datasets["train"]

@@ -18,16 +18,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import SEED_DATA, machine, train_split  # noqa: E402
 
 from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
-from gpt2_lightning.data.datamodule import InstructionDataModule  # noqa: E402
 from gpt2_lightning.data.dataset import InstructionCollator  # noqa: E402
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402
 from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
-
-SEED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
 
 
 def steps(loss_fn, batches, dtype) -> list[float]:
@@ -56,9 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     keep_freed_memory()  # as train.py does
-    dm = InstructionDataModule(path=str(args.data))
-    dm.setup()
-    dataset = dm.datasets["train"]
+    dataset = train_split(args.data)
     collate = InstructionCollator(max_length=1024)
     order = list(LengthGroupedBatchSampler(dataset.lengths, 8, seed=1, group_by_length=False))[:args.batches]
     batches = [collate([dataset[i] for i in batch]) for batch in order]

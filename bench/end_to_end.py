@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import SEED_DATA, machine  # noqa: E402
 
 from gpt2_lightning.data.prompts import format_example, format_prompt  # noqa: E402
 from gpt2_lightning.data.records import load_records, split_records  # noqa: E402
@@ -34,7 +34,7 @@ from gpt2_lightning.model.tokenizer import EOT_ID, encode  # noqa: E402
 from gpt2_lightning.train.checkpoints import model_from_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_DATA = REPO.parent / "shared" / "data" / "instruction-data.json"
+
 
 
 def collate(batch, ignore_index=-100, allowed_max_length=1024):

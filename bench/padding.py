@@ -16,17 +16,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import SEED_DATA, machine, train_split  # noqa: E402
 
 from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
-from gpt2_lightning.data.datamodule import InstructionDataModule  # noqa: E402
 from gpt2_lightning.data.dataset import InstructionCollator  # noqa: E402
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler, padding_fraction  # noqa: E402
 from gpt2_lightning.devices import cpu_has_native_bf16  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402
 from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
-
-SEED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
 
 
 def main() -> None:
@@ -36,9 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     keep_freed_memory()  # as train.py does
-    dm = InstructionDataModule(path=str(args.data))
-    dm.setup()
-    dataset = dm.datasets["train"]
+    dataset = train_split(args.data)
     collate = InstructionCollator(max_length=1024)
     bf16 = cpu_has_native_bf16()
     for grouped in (True, False):

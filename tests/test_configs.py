@@ -57,3 +57,16 @@ def test_unavailable_devices_are_named():
             check_accelerator("gpu")
     with pytest.raises(ConfigError, match="unknown trainer.accelerator='npu'"):
         check_accelerator("npu")
+
+
+def test_more_cpu_processes_than_cores_are_warned_about(caplog):
+    import os
+
+    from gpt2_lightning.devices import check_trainer
+
+    cores = os.cpu_count() or 1
+    with caplog.at_level("WARNING"):
+        check_trainer({"accelerator": "cpu", "devices": cores})
+        assert caplog.records == []
+        check_trainer({"accelerator": "cpu", "devices": cores + 1})
+    assert f"starts {cores + 1} training processes on {cores} CPU cores" in caplog.text

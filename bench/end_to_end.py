@@ -36,7 +36,6 @@ from gpt2_lightning.train.checkpoints import model_from_checkpoint  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 def collate(batch, ignore_index=-100, allowed_max_length=1024):
     """The reference's custom_collate_fn: pad with <|endoftext|>, shift, mask all but one pad."""
     width = max(len(item) + 1 for item in batch)

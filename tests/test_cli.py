@@ -44,7 +44,7 @@ def test_config_errors_stop_before_any_work(tmp_path):
     result = run_train_py(*TINY, "model=gpt2-huge", f"hydra.run.dir={tmp_path / 'd'}")
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: In 'train.yaml': Could not find 'model/gpt2-huge'; Available options in 'model': "
-        "gpt2-large, gpt2-medium, gpt2-small, gpt2-xl, tiny")
+        "gpt2-large, gpt2-medium, gpt2-small, gpt2-xl, mini, tiny")
     result = run_train_py(*TINY, "trainer.precision=64", f"hydra.run.dir={tmp_path / 'e'}")
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
         "error: trainer.precision=64 is not one this project trains in; use auto, 32-true, 32, bf16-mixed, "

@@ -28,6 +28,13 @@ def test_help_lists_every_verb():
     assert listed == ["train", "chat", "respond", "eval", "plot", "serve"]
 
 
+def test_train_help_is_hydras_with_the_verbs_own_words():
+    result = gpt2("train", "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("gpt2 train [group=option ...] [key=value ...] (the same as python train.py)")
+    assert "model: gpt2-large, gpt2-medium, gpt2-small, gpt2-xl, mini, tiny" in result.stdout
+
+
 @pytest.mark.parametrize("verb", [v for v in VERBS if v != "train"])
 def test_every_option_of_every_verb_is_documented(verb):
     parser = verb_parser(verb, importlib.import_module(f"gpt2_lightning.apps.{VERBS[verb][0]}"))

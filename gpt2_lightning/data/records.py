@@ -15,11 +15,7 @@ from pathlib import Path
 
 from gpt2_lightning.errors import DataError
 
-SEED_DATA_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
-                 "ch07/01_main-chapter-code/instruction-data.json")
-
 Record = dict
-
 
 
 @dataclass(frozen=True)

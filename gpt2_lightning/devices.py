@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Mapping
 
 import torch
 
+from gpt2_lightning.calibrate import fastest_dtype
 from gpt2_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,25 +45,15 @@ def check_trainer(trainer: Mapping) -> None:
                     "and run slower than %d would", devices, devices, cores, cores)
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run about twice as fast as fp32 on such CPUs."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: bf16 mixed precision where the device computes bf16 natively, else fp32
-    (16-bit mixed on GPUs without bf16)."""
+def resolve_precision(precision: str, accelerator: str, width: int = 768) -> str:
+    """``auto``: on a CPU, bf16 mixed precision where bf16 matmuls measure faster than fp32 for
+    a model of ``width`` (see ``calibrate``), else fp32; on GPUs bf16 mixed where supported,
+    else 16-bit mixed."""
     if precision != "auto":
         return precision
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    if accelerator in ("auto", "cpu") and cpu_has_native_bf16():
+    if accelerator in ("auto", "cpu") and fastest_dtype("cpu", "train", width) == torch.bfloat16:
         return "bf16-mixed"
     return "32-true"
 
@@ -72,10 +62,10 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def inference_dtype(device: str | torch.device, requested: str = "auto") -> torch.dtype:
-    """The weights' dtype for generation: ``auto`` is bf16 where the device computes it
-    natively (decoding reads every weight per token, so half the bytes is ~1.7x the
-    speed on such CPUs), else fp32; ``float32`` / ``bfloat16`` / ``float16`` force one."""
+def inference_dtype(device: str | torch.device, requested: str = "auto", width: int = 768) -> torch.dtype:
+    """The weights' dtype for generation: ``auto`` is, on a CPU, bf16 where decoding a token
+    measures faster in it than in fp32 (see ``calibrate``), else fp32; bf16 (else fp16) on
+    GPUs; ``float32`` / ``bfloat16`` / ``float16`` force one."""
     if requested != "auto":
         try:
             return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
@@ -84,8 +74,8 @@ def inference_dtype(device: str | torch.device, requested: str = "auto") -> torc
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if kind == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
+    if kind == "cpu":
+        return fastest_dtype("cpu", "generate", width)
     return torch.float32
 
 
@@ -94,4 +84,5 @@ def for_inference(model: torch.nn.Module, device: str | torch.device, dtype: str
     generation dtype (see ``inference_dtype``), in eval mode."""
     if device == "auto":
         device = default_device()
-    return model.to(device, inference_dtype(device, dtype)).eval()
+    width = getattr(getattr(model, "cfg", None), "emb_dim", 768)
+    return model.to(device, inference_dtype(device, dtype, width)).eval()

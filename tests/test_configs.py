@@ -70,3 +70,27 @@ def test_more_cpu_processes_than_cores_are_warned_about(caplog):
         assert caplog.records == []
         check_trainer({"accelerator": "cpu", "devices": cores + 1})
     assert f"starts {cores + 1} training processes on {cores} CPU cores" in caplog.text
+
+
+def test_auto_precision_is_measured_once_per_machine_and_never_slower_than_fp32(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    from gpt2_lightning.calibrate import fastest_dtype
+    from gpt2_lightning.devices import inference_dtype
+
+    monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path))
+    chosen = resolve_precision("auto", "cpu", width=256)
+    calibration = tmp_path / "calibration.json"
+    [(key, entry)] = json.loads(calibration.read_text()).items()
+    assert "| cpu | train | width 256" in key
+    assert chosen == {"bfloat16": "bf16-mixed", "float32": "32-true"}[entry["fastest"]]
+    assert entry["seconds"][entry["fastest"]] <= entry["seconds"]["float32"]  # never slower than fp32
+    measured_at = calibration.stat().st_mtime_ns
+    assert resolve_precision("auto", "cpu", width=256) == chosen and calibration.stat().st_mtime_ns == measured_at
+    generation = inference_dtype("cpu", "auto", width=256)  # its own workload, measured apart
+    assert json.loads(calibration.read_text())[key.replace("train", "generate")]["fastest"] == \
+        str(generation).removeprefix("torch.")
+    assert fastest_dtype("cpu", "generate", 256) == generation and resolve_precision("32-true", "cpu") == "32-true"
+    assert isinstance(generation, torch.dtype)

@@ -88,7 +88,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
                              compile=cfg.model.compile, model=model,
                              **OmegaConf.to_container(cfg.optimizer, resolve=True))
     callbacks = [*instantiate_list(cfg.get("callbacks")), *extra_callbacks]
-    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
+    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator), model.cfg.emb_dim)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, precision=precision,
                                                  logger=instantiate_list(cfg.get("logger")) or False)
     log.info("model: %s, %.1fM parameters, precision %s", cfg.model.name, model.num_parameters() / 1e6,

@@ -1,0 +1,108 @@
+"""Which number format is fastest on this machine: measured, not read off a CPU flag.
+
+A CPU with AVX512-BF16 may run bf16 matmuls at twice the fp32 speed (one AMD EPYC) or at
+two thirds of it (one Intel Xeon). So ``precision=auto`` and the generation dtype ``auto``
+time a few matmuls of the model's width in each candidate, once per machine, device,
+workload and width, and keep the answer in the user cache (``calibration.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from gpt2_lightning.io import write_json
+from gpt2_lightning.resources import cache_dir
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = "calibration.json"
+MARGIN = 0.95  # another dtype must be 5% faster than fp32 to be chosen over it
+TOKENS = {"train": 256, "generate": 1}  # a training batch's tokens; one decoded token
+WORKLOADS = tuple(TOKENS)
+
+
+def fastest_dtype(device: torch.device | str, workload: str, width: int) -> torch.dtype:
+    """fp32 or bf16, whichever runs ``workload`` (``train``: matmuls of a batch of tokens and
+    their gradients; ``generate``: one token through the weights) faster on ``device`` for a
+    model of ``width``; never a dtype slower than fp32."""
+    device = torch.device(device)
+    key = f"{machine()} | {device.type} | {workload} | width {width}"
+    path = cache_dir() / CACHE_FILE
+    known = _read(path)
+    if key in known:
+        return getattr(torch, known[key]["fastest"])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks that measure apart could disagree
+        return torch.float32
+    seconds = {str(dtype).removeprefix("torch."): _time(device, workload, min(width, 768), dtype)
+               for dtype in (torch.float32, torch.bfloat16)}
+    fastest = "bfloat16" if seconds["bfloat16"] < MARGIN * seconds["float32"] else "float32"
+    log.info("measured %s matmuls on %s (%s): %s -> %s", workload, device.type, machine(),
+             ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in seconds.items()), fastest)
+    try:
+        write_json(path, {**_read(path), key: {"fastest": fastest, "seconds": seconds}})
+    except OSError as err:  # an unwritable cache only costs measuring again next time
+        log.warning("cannot keep the measurement in %s: %s", path, err.strerror)
+    return getattr(torch, fastest)
+
+
+def machine() -> str:
+    """The CPU model, the threads torch uses, and torch's version: what the answer depends on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        cpu += f" + {torch.cuda.get_device_name()}"
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def _time(device: torch.device, workload: str, width: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Fewest seconds of the workload on a GPT-2 MLP's weights (``nn.Linear`` layout): for
+    ``train`` forward and backward from fp32 weights, under autocast to ``dtype`` as mixed
+    precision runs it; for ``generate`` 20 tokens one by one through weights in ``dtype``."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    train = workload == "train"
+    weights = [torch.randn(shape, device=device, generator=generator)
+               for shape in ((4 * width, width), (width, 4 * width))]
+    x = torch.randn(TOKENS[workload], width, device=device, generator=generator)
+    if train:
+        for weight in weights:
+            weight.requires_grad_()
+    else:
+        weights, x = [w.to(dtype) for w in weights], x.to(dtype)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=train and dtype != torch.float32)
+
+    def run() -> None:
+        for _ in range(1 if train else 20):
+            with autocast:
+                out = F.linear(F.linear(x, weights[0]), weights[1])
+            if train:
+                out.float().sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    run()  # warm up (oneDNN builds its kernels on the first calls)
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)  # the least disturbed by whatever else runs
+
+
+def _read(path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

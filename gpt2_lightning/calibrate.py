@@ -32,14 +32,16 @@ def fastest_dtype(device: torch.device | str, workload: str, width: int) -> torc
     """fp32 or bf16, whichever runs ``workload`` (``train``: matmuls of a batch of tokens and
     their gradients; ``generate``: one token through the weights) faster on ``device`` for a
     model of ``width``; never a dtype slower than fp32."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Processes started apart (torchrun, SLURM) could measure, or remember, apart and
+        # disagree; the ones Lightning starts inherit the first process's choice instead.
+        return torch.float32
     device = torch.device(device)
     key = f"{machine()} | {device.type} | {workload} | width {width}"
     path = cache_dir() / CACHE_FILE
     known = _read(path)
     if key in known:
         return getattr(torch, known[key]["fastest"])
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks that measure apart could disagree
-        return torch.float32
     seconds = {str(dtype).removeprefix("torch."): _time(device, workload, min(width, 768), dtype)
                for dtype in (torch.float32, torch.bfloat16)}
     fastest = "bfloat16" if seconds["bfloat16"] < MARGIN * seconds["float32"] else "float32"

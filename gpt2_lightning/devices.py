@@ -12,6 +12,7 @@ from gpt2_lightning.calibrate import fastest_dtype
 from gpt2_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
+AUTO_PRECISION_VARIABLE = "GPT2_LIGHTNING_AUTO_PRECISION"
 
 
 def check_accelerator(accelerator: str) -> None:
@@ -48,14 +49,20 @@ def check_trainer(trainer: Mapping) -> None:
 def resolve_precision(precision: str, accelerator: str, width: int = 768) -> str:
     """``auto``: on a CPU, bf16 mixed precision where bf16 matmuls measure faster than fp32 for
     a model of ``width`` (see ``calibrate``), else fp32; on GPUs bf16 mixed where supported,
-    else 16-bit mixed."""
+    else 16-bit mixed. The processes Lightning launches from this one (DDP) inherit the choice."""
     if precision != "auto":
         return precision
+    inherited = os.environ.get(AUTO_PRECISION_VARIABLE)
+    if inherited and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return inherited
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    if accelerator in ("auto", "cpu") and fastest_dtype("cpu", "train", width) == torch.bfloat16:
-        return "bf16-mixed"
-    return "32-true"
+        chosen = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    elif accelerator in ("auto", "cpu") and fastest_dtype("cpu", "train", width) == torch.bfloat16:
+        chosen = "bf16-mixed"
+    else:
+        chosen = "32-true"
+    os.environ[AUTO_PRECISION_VARIABLE] = chosen
+    return chosen
 
 
 def default_device() -> str:

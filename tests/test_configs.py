@@ -94,3 +94,21 @@ def test_auto_precision_is_measured_once_per_machine_and_never_slower_than_fp32(
         str(generation).removeprefix("torch.")
     assert fastest_dtype("cpu", "generate", 256) == generation and resolve_precision("32-true", "cpu") == "32-true"
     assert isinstance(generation, torch.dtype)
+
+
+def test_processes_of_one_run_agree_on_the_auto_precision(tmp_path, monkeypatch):
+    import torch
+
+    from gpt2_lightning.calibrate import fastest_dtype
+    from gpt2_lightning.devices import AUTO_PRECISION_VARIABLE
+
+    monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    first = resolve_precision("auto", "cpu", width=256)  # the process that launches the others
+    assert __import__("os").environ[AUTO_PRECISION_VARIABLE] == first
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a process it launched inherits its choice
+    monkeypatch.setenv(AUTO_PRECISION_VARIABLE, "32-true")
+    assert resolve_precision("auto", "cpu", width=256) == "32-true"
+    monkeypatch.delenv(AUTO_PRECISION_VARIABLE)  # processes started apart: one fixed choice, no measuring
+    assert fastest_dtype("cpu", "train", 512) == torch.float32
+    assert "width 512" not in (tmp_path / "calibration.json").read_text()

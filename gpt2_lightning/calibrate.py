@@ -56,15 +56,17 @@ def fastest_dtype(device: torch.device | str, workload: str, width: int) -> torc
 
 def machine() -> str:
     """The CPU model, the threads torch uses, and torch's version: what the answer depends on."""
-    cpu = platform.processor() or platform.machine()
+    gpu = f" + {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu_model()}{gpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
-    if torch.cuda.is_available():
-        cpu += f" + {torch.cuda.get_device_name()}"
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        return platform.processor() or platform.machine()
 
 
 def _time(device: torch.device, workload: str, width: int, dtype: torch.dtype, repeats: int = 5) -> float:

@@ -1,7 +1,7 @@
 """Training-step throughput, gpt2-small shape (random weights), batch 8 x 256 tokens:
-forward + backward + AdamW, ours (GPTModel + masked loss + fused AdamW, as InstructionTuner
-trains) vs Hugging Face GPT2LMHeadModel (sdpa, its own loss, torch AdamW defaults);
-fp32 and bf16 autocast. MFU is against this machine's measured peak matmul throughput.
+forward + backward + AdamW, ours (GPTModel + masked loss, as InstructionTuner trains) vs
+Hugging Face GPT2LMHeadModel (sdpa, its own loss); both with the same fused AdamW, the same
+batches and the same allocator setting, in one process; fp32 and bf16 autocast. MFU is against this machine's measured peak matmul throughput.
 Both run with glibc keeping freed memory, as ``train.py`` runs (``--default-allocator``: not).
 
     python bench/train_step.py [--repeats 3] [--batch 8] [--seq 256]
@@ -71,12 +71,8 @@ def main() -> None:
         for name in ("ours", "hf"):
             ours, hf = model_pair(cfg)
             model = (ours if name == "ours" else hf).train()
-            if name == "ours":
-                optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True)
-                targets = torch.roll(idx, -1, dims=1)
-            else:
-                optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
-                targets = idx  # HF shifts labels itself
+            optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True)
+            targets = torch.roll(idx, -1, dims=1) if name == "ours" else idx  # HF shifts labels itself
             results[name] = timeit(step_fn(model, optimizer, idx, targets, precision, name == "ours"),
                                    args.repeats)
             del ours, hf, model, optimizer

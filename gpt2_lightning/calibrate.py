@@ -8,6 +8,7 @@ workload and width, and keep the answer in the user cache (``calibration.json``)
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 CACHE_FILE = "calibration.json"
 MARGIN = 0.95  # another dtype must be 5% faster than fp32 to be chosen over it
 TOKENS = {"train": 256, "generate": 1}  # a training batch's tokens; one decoded token
-WORKLOADS = tuple(TOKENS)
 
 
 def fastest_dtype(device: torch.device | str, workload: str, width: int) -> torch.dtype:
@@ -36,8 +36,8 @@ def fastest_dtype(device: torch.device | str, workload: str, width: int) -> torc
         # Processes started apart (torchrun, SLURM) could measure, or remember, apart and
         # disagree; the ones Lightning starts inherit the first process's choice instead.
         return torch.float32
-    device = torch.device(device)
-    key = f"{machine()} | {device.type} | {workload} | width {width}"
+    device, here = torch.device(device), machine()
+    key = f"{here} | {device.type} | {workload} | width {width}"
     path = cache_dir() / CACHE_FILE
     known = _read(path)
     if key in known:
@@ -45,7 +45,7 @@ def fastest_dtype(device: torch.device | str, workload: str, width: int) -> torc
     seconds = {str(dtype).removeprefix("torch."): _time(device, workload, min(width, 768), dtype)
                for dtype in (torch.float32, torch.bfloat16)}
     fastest = "bfloat16" if seconds["bfloat16"] < MARGIN * seconds["float32"] else "float32"
-    log.info("measured %s matmuls on %s (%s): %s -> %s", workload, device.type, machine(),
+    log.info("measured %s matmuls on %s (%s): %s -> %s", workload, device.type, here,
              ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in seconds.items()), fastest)
     try:
         write_json(path, {**_read(path), key: {"fastest": fastest, "seconds": seconds}})
@@ -60,6 +60,7 @@ def machine() -> str:
     return f"{cpu_model()}{gpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux)."""
     try:

@@ -17,8 +17,8 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()
-TEMP_SUFFIX = ".tmp"  # once, at import: changing it per write would race other threads
+_UMASK = _read_umask()  # once, at import: changing it per write would race other threads
+TEMP_SUFFIX = ".tmp"
 
 
 @contextlib.contextmanager

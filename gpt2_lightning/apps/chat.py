@@ -15,10 +15,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gpt2_lightning.apps.common import add_device_arguments
-from gpt2_lightning.data.prompts import PromptStyle, get_style
-from gpt2_lightning.devices import for_inference
-from gpt2_lightning.export.load import load_model
+from gpt2_lightning.apps.inference import add_model_arguments, model_for_generation
+from gpt2_lightning.data.prompts import PromptStyle
 from gpt2_lightning.generation.sampling import sampling_generator
 from gpt2_lightning.generation.stream import TextStream
 from gpt2_lightning.io import write_json
@@ -194,9 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ChatSettings()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = HELP
-    parser.add_argument("model", help="run directory, export folder, .ckpt, or GPT-2 weights / size name")
+    add_model_arguments(parser)
     parser.add_argument("--prompt", help="answer this once and exit ('-': read it from standard input)")
-    parser.add_argument("--style", help="prompt style (default: the one the model was trained with)")
     parser.add_argument("--temperature", type=float, default=defaults.temperature,
                         help="0: greedy (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=defaults.top_k,
@@ -205,14 +202,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
                         help="longest answer in tokens (default: %(default)s)")
     parser.add_argument("--seed", type=int, help="for reproducible sampling (default: a fresh one)")
-    add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    model, meta = load_model(args.model)
+    model, style = model_for_generation(args)
     settings = ChatSettings(args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed)
-    style = get_style(args.style or meta["prompt_style"])
-    session = ChatSession(for_inference(model, args.device, args.dtype), style, settings)
+    session = ChatSession(model, style, settings)
     if args.prompt is not None:
         message = sys.stdin.read() if args.prompt == "-" else args.prompt
         for piece in session.stream(message.strip()):

@@ -1,8 +1,7 @@
-"""What the verbs of the `gpt2` command share: user errors as one line with exit code 2, device options."""
+"""What the verbs of the `gpt2` command share: user errors as one line with exit code 2, run-directory names."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import logging
@@ -64,10 +63,3 @@ def _to_log_files(level: int, message: str, err: BaseException | None = None) ->
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-
-
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto: cuda where there is a GPU, "
-                        "else cpu (default: %(default)s)")
-    parser.add_argument("--dtype", default="auto", help="weights for generation: auto (bf16 where the device "
-                        "computes it natively, else float32), float32, bfloat16 or float16")

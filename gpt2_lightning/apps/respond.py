@@ -12,17 +12,16 @@ from pathlib import Path
 import hydra
 from omegaconf import OmegaConf
 
-from gpt2_lightning.apps.common import TEST_SPLIT_FILE, add_device_arguments
+from gpt2_lightning.apps.common import TEST_SPLIT_FILE
+from gpt2_lightning.apps.inference import add_model_arguments, model_for_generation
 from gpt2_lightning.data.records import load_records
-from gpt2_lightning.devices import for_inference
-from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.respond import GenerationSettings, read_instructions, respond
 from gpt2_lightning.resources import register_resolvers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = GenerationSettings()
-    parser.add_argument("model", type=Path, help="run directory, export folder, .ckpt, or GPT-2 weights")
+    add_model_arguments(parser)
     parser.add_argument("--records", type=Path, help="JSON/JSONL records, or a text file with one instruction "
                         "per line")
     parser.add_argument("--out", type=Path, help="output JSON (default: <run>/responses.json, or "
@@ -36,21 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help="prompts answered together (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="for sampling (default: %(default)s)")
-    add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     if args.records is None:
-        records = run_test_split(args.model)
-        out = args.out or args.model / "responses.json"
+        records = run_test_split(Path(args.model))
+        out = args.out or Path(args.model) / "responses.json"
     else:
         records = read_instructions(args.records)
         out = args.out or args.records.with_name(f"{args.records.stem}-responses.json")
-    model, meta = load_model(args.model)
+    model, style = model_for_generation(args)
     settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                                   args.batch_size, args.seed)
-    model = for_inference(model, args.device, args.dtype)
-    answered = respond(model, records, out, meta["prompt_style"], settings)
+    answered = respond(model, records, out, style, settings)
     print(f"{len(answered)} responses in {out}")
 
 

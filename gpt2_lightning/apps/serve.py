@@ -26,10 +26,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from omegaconf import OmegaConf
 from pydantic import BaseModel, Field, field_validator
 
-from gpt2_lightning.apps.common import add_device_arguments
-from gpt2_lightning.data.prompts import PromptStyle, get_style
-from gpt2_lightning.devices import for_inference
-from gpt2_lightning.export.load import load_model
+from gpt2_lightning.apps.inference import add_model_arguments, model_for_generation
+from gpt2_lightning.data.prompts import PromptStyle
 from gpt2_lightning.generation.sampling import sampling_generator
 from gpt2_lightning.generation.stream import TextStream
 from gpt2_lightning.model.gpt import GPTModel
@@ -270,10 +268,9 @@ def _error(status: int, message: str, param: str | None = None, kind: str = "inv
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="what to serve: a run directory, export folder, .ckpt, or GPT-2 weights")
+    add_model_arguments(parser)
     parser.add_argument("--model-name", "--name", dest="name", help="the model id in the API (default: a run's "
                         "experiment and model, e.g. quickstart-gpt2-small; else the folder or file name)")
-    parser.add_argument("--style", help="prompt style (default: the one the model was trained with)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; 0.0.0.0 exposes the server to the network (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
@@ -281,7 +278,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="answer length when a request does not say (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="the server's log (default: %(default)s)")
-    add_device_arguments(parser)
 
 
 def served_name(spec: str) -> str:
@@ -302,9 +298,8 @@ def served_name(spec: str) -> str:
 def run(args: argparse.Namespace) -> None:
     import uvicorn
 
-    model, meta = load_model(args.model)
-    style = get_style(args.style or meta["prompt_style"])
+    model, style = model_for_generation(args)
     name = args.name or served_name(args.model)
-    app = create_app(for_inference(model, args.device, args.dtype), style, name, args.max_tokens)
+    app = create_app(model, style, name, args.max_tokens)
     print(f"serving {name} ({style.name} prompts) on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -177,8 +177,9 @@ def finish_run(cfg: DictConfig, model: GPTModel, device: torch.device, datamodul
         write_json(output_dir / "eval.json", scores)
         log.info("eval: %s", scores)
     if cfg.plot and cfg.train and (output_dir / "tensorboard").is_dir():
-        if "train_loss" in read_scalars(output_dir / "tensorboard"):
-            log.info("loss plot: %s", plot_losses(output_dir))
+        scalars = read_scalars(output_dir / "tensorboard")
+        if "train_loss" in scalars:
+            log.info("loss plot: %s", plot_losses(output_dir, scalars=scalars))
         else:
             log.warning("no loss plot: no train_loss was logged (the run trained fewer steps than "
                         "trainer.log_every_n_steps=%s)", cfg.trainer.log_every_n_steps)

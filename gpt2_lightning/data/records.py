@@ -32,6 +32,10 @@ class FieldNames:
 def load_records(path: str | os.PathLike, fields: FieldNames = FieldNames()) -> list[Record]:
     """Validated records of a ``.json`` (array) or ``.jsonl`` file."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".jsonl", ""):  # before reading: a Parquet file is not text
+        raise DataError(f"{path}: a {suffix} file; records are read from a JSON array (.json) or "
+                        f"JSON Lines (.jsonl), one object per record")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -42,10 +46,6 @@ def load_records(path: str | os.PathLike, fields: FieldNames = FieldNames()) -> 
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
     if not text.strip():
         raise DataError(f"{path}: the file is empty, it holds no records")
-    suffix = path.suffix.lower()
-    if suffix not in (".json", ".jsonl", ""):
-        raise DataError(f"{path}: a {suffix} file; records are read from a JSON array (.json) or "
-                        f"JSON Lines (.jsonl), one object per record")
     raw = _parse_jsonl(path, text) if suffix == ".jsonl" else _parse_json(path, text)
     if not raw:
         raise DataError(f"{path}: holds no records")

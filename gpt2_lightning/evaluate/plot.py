@@ -27,10 +27,12 @@ def read_scalars(tensorboard_dir: str | os.PathLike) -> dict[str, list[tuple[int
     return {tag: sorted(points.items()) for tag, points in series.items()}
 
 
-def plot_losses(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Draw the losses of a run directory (its ``tensorboard/`` events) into ``loss.png``."""
+def plot_losses(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+                scalars: dict[str, list[tuple[int, float]]] | None = None) -> Path:
+    """Draw the losses of a run directory (its ``tensorboard/`` events, or ``scalars`` already
+    read from them) into ``loss.png``."""
     run_dir = Path(run_dir)
-    scalars = read_scalars(run_dir / "tensorboard")
+    scalars = scalars if scalars is not None else read_scalars(run_dir / "tensorboard")
     if "train_loss" not in scalars:
         raise FileNotFoundError(f"{run_dir / 'tensorboard'}: no train_loss scalars to plot")
     out = Path(out) if out is not None else run_dir / "loss.png"

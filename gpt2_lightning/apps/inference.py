@@ -1,0 +1,27 @@
+"""The model a generating verb (chat, respond, serve) works with: the options that name it, and
+loading it on its device, in its dtype, with its prompt style."""
+
+from __future__ import annotations
+
+import argparse
+
+from gpt2_lightning.data.prompts import PromptStyle, get_style
+from gpt2_lightning.devices import for_inference
+from gpt2_lightning.export.load import load_model
+from gpt2_lightning.model.gpt import GPTModel
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a run directory, export folder, .ckpt, or GPT-2 weights (a size name, "
+                        ".safetensors file or folder, URL)")
+    parser.add_argument("--style", help="prompt style (default: the one the model was trained with)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto: cuda where there is a GPU, "
+                        "else cpu (default: %(default)s)")
+    parser.add_argument("--dtype", default="auto", help="weights for generation: auto (on a CPU, bf16 where it "
+                        "measures faster than float32 here), float32, bfloat16 or float16")
+
+
+def model_for_generation(args: argparse.Namespace) -> tuple[GPTModel, PromptStyle]:
+    """The model ``args`` name, ready to generate, and its prompt style."""
+    model, meta = load_model(args.model)
+    return for_inference(model, args.device, args.dtype), get_style(args.style or meta["prompt_style"])

@@ -17,7 +17,7 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()  # once, at import: changing it per write would race other threads
+UMASK = _read_umask()  # once, at import: changing it per write would race other threads
 TEMP_SUFFIX = ".tmp"
 
 
@@ -39,7 +39,7 @@ def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):

@@ -24,6 +24,7 @@ VERBS = {
     "eval": ("evaluate", "score a responses.json (exact match, ROUGE-L, optional LLM judge)"),
     "plot": ("plot", "draw a run's losses into loss.png"),
     "serve": ("serve", "OpenAI-compatible HTTP API and web chat page"),
+    "export": ("export", "write a model for Hugging Face transformers, llama.cpp (GGUF) or Ollama"),
 }
 
 

@@ -61,6 +61,30 @@ def convert_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
     return out
 
 
+def to_hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
+    """``model``'s weights in the layout of Hugging Face's ``GPT2LMHeadModel`` (the inverse
+    of ``convert_hf_state_dict``): Conv1D weights transposed, a zero query/key/value bias
+    where the model has none, and no ``lm_head.weight`` when the head is tied."""
+    out: dict[str, torch.Tensor] = {}
+    state = model.state_dict()
+    for hf_key, key in _TOP_KEYS.items():
+        if key == "out_head.weight":
+            if model.cfg.tie_weights:
+                continue
+            out[hf_key] = state[key]
+        else:
+            out[f"transformer.{hf_key}"] = state[key]
+    for layer in range(model.cfg.n_layers):
+        for hf_name, (name, conv1d) in _LAYER_KEYS.items():
+            weight = state[f"blocks.{layer}.{name}.weight"]
+            bias = state.get(f"blocks.{layer}.{name}.bias")
+            if bias is None:
+                bias = weight.new_zeros(weight.shape[0])
+            out[f"transformer.h.{layer}.{hf_name}.weight"] = weight.t() if conv1d else weight
+            out[f"transformer.h.{layer}.{hf_name}.bias"] = bias
+    return {key: tensor.detach().cpu().contiguous() for key, tensor in out.items()}
+
+
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> GPTConfig:
     """The ``GPTConfig`` whose shapes match a converted state dict.
 
@@ -71,7 +95,8 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> GPTConfig:
     n_layers = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
     values = dict(vocab_size=vocab_size, emb_dim=emb_dim, n_layers=n_layers,
                   context_length=state_dict["pos_emb.weight"].shape[0],
-                  qkv_bias="blocks.0.att.qkv.bias" in state_dict)
+                  qkv_bias="blocks.0.att.qkv.bias" in state_dict,
+                  tie_weights=torch.equal(state_dict["out_head.weight"], state_dict["tok_emb.weight"]))
     if "n_heads" not in overrides:
         widths = {768: 12, 1024: 16, 1280: 20, 1600: 25}
         if emb_dim not in widths:

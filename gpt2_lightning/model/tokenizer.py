@@ -38,3 +38,49 @@ def encode(text: str) -> list[int]:
 
 def decode(ids) -> str:
     return get_tokenizer().decode(list(ids))
+
+
+@functools.lru_cache(maxsize=1)
+def byte_symbols() -> tuple[str, ...]:
+    """The printable character that stands for each byte in GPT-2's ``vocab.json`` and
+    ``merges.txt`` (OpenAI's ``bytes_to_unicode``): printable Latin-1 bytes stand for
+    themselves, the others are shifted past 255."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols, shifted = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + shifted)
+            shifted += 1
+    return tuple(symbols[byte] for byte in range(256))
+
+
+def _as_symbols(token: bytes) -> str:
+    symbols = byte_symbols()
+    return "".join(symbols[byte] for byte in token)
+
+
+@functools.lru_cache(maxsize=1)
+def bpe_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The encoding as the ``vocab.json`` (token -> id) and ``merges.txt`` (pairs in merge
+    order) that Hugging Face and llama.cpp read, derived from tiktoken's ranks.
+
+    Token ``r`` (after the 256 bytes) is made by merge number ``r - 256``; its two halves
+    are what byte-pair encoding of its bytes with the earlier merges alone leaves."""
+    enc = get_tokenizer()
+    tokens = [enc.decode_single_token_bytes(i) for i in range(EOT_ID)]
+    ranks = {token: rank for rank, token in enumerate(tokens)}
+    merges = []
+    for rank in range(256, EOT_ID):
+        parts = [bytes([b]) for b in tokens[rank]]
+        while len(parts) > 2:
+            pairs = [(ranks.get(a + b, rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            best, i = min(pairs)
+            if best >= rank:
+                raise ValueError(f"token {rank} is not a merge of earlier tokens")
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        merges.append((_as_symbols(parts[0]), _as_symbols(parts[1])))
+    vocab = {_as_symbols(token): rank for rank, token in enumerate(tokens)}
+    vocab[EOT_TOKEN] = EOT_ID
+    return vocab, merges

@@ -1,0 +1,106 @@
+"""The model card (``README.md``) of an exported model: what it was trained from and on,
+how, how well it scored, and the prompt format it expects."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from gpt2_lightning.data.prompts import PromptStyle
+from gpt2_lightning.model.gpt import GPTModel
+from gpt2_lightning.model.pretrained import HUB_REPOS
+from gpt2_lightning.resources import register_resolvers
+
+RUN_CONFIG = Path(".hydra") / "config.yaml"
+SCORES_FILE = "eval.json"
+# Settings shown in the card's training table: (label, config key).
+HYPERPARAMETERS = (
+    ("learning rate", "optimizer.lr"), ("weight decay", "optimizer.weight_decay"),
+    ("schedule", "optimizer.schedule"), ("warmup steps", "optimizer.warmup_steps"),
+    ("batch size", "data.batch_size"), ("gradient accumulation", "trainer.accumulate_grad_batches"),
+    ("epochs", "trainer.max_epochs"), ("max steps", "trainer.max_steps"), ("precision", "trainer.precision"),
+    ("dropout", "model.config.drop_rate"), ("prompt loss masked", "data.mask_prompt"), ("seed", "seed"),
+)
+
+
+@dataclass
+class RunSummary:
+    """What a training run left about itself: its settings and its scores."""
+
+    config: DictConfig = field(default_factory=lambda: OmegaConf.create({}))
+    scores: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str) -> Any:
+        """The resolved setting ``key`` (dotted), or None where it is missing or only the
+        training job could resolve it (its output folder)."""
+        value = OmegaConf.select(self.config, key, default=None, throw_on_resolution_failure=False)
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def find_run_dir(spec: str | os.PathLike) -> Path | None:
+    """The run directory of a run, its export folder or one of its checkpoints, if any."""
+    path = Path(spec)
+    for candidate in (path, path.parent, path.parent.parent):
+        if (candidate / RUN_CONFIG).is_file():
+            return candidate
+    return None
+
+
+def read_run_summary(spec: str | os.PathLike) -> RunSummary:
+    """The settings and scores of the run ``spec`` belongs to; empty for plain weights."""
+    run_dir = find_run_dir(spec)
+    if run_dir is None:
+        return RunSummary()
+    register_resolvers()
+    scores_file = run_dir / SCORES_FILE
+    scores = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
+    return RunSummary(OmegaConf.load(run_dir / RUN_CONFIG), scores)
+
+
+def base_model(summary: RunSummary) -> str | None:
+    """The Hugging Face repository of the public GPT-2 the run started from, if it did."""
+    if not summary.get("model.pretrained") or summary.get("model.weights"):
+        return None
+    repo = HUB_REPOS.get(str(summary.get("model.name")))
+    return f"openai-community/{repo}" if repo else None
+
+
+def model_card(model: GPTModel, style: PromptStyle, summary: RunSummary, name: str) -> str:
+    cfg = model.cfg
+    base = base_model(summary)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
+             "tags: [gpt2, instruction-tuning, gpt2-lightning]"]
+    lines += [f"base_model: {base}"] if base else []
+    lines += ["---", "", f"# {name}", "",
+              f"A GPT-2 ({cfg.n_layers} layers, width {cfg.emb_dim}, {cfg.n_heads} heads, context "
+              f"{cfg.context_length} tokens, {params:.1f}M parameters) fine-tuned to follow instructions "
+              f"with gpt2-lightning.", ""]
+    lines += ["## Base model", "",
+              f"[{base}](https://huggingface.co/{base})" if base else
+              "Trained from random initialisation or from weights given by path (no public base).", ""]
+    data = summary.get("data.path") or summary.get("data.url")
+    if data:
+        split = summary.get("data.split")
+        lines += ["## Data", "", f"Instruction records from `{data}`"
+                  + (f", split train / validation / test as {split}." if split else "."), ""]
+    rows = [(label, summary.get(key)) for label, key in HYPERPARAMETERS if summary.get(key) is not None]
+    if rows:
+        lines += ["## Training", "", "| setting | value |", "|---|---|"]
+        lines += [f"| {label} | {value} |" for label, value in rows] + [""]
+    numbers = {k: v for k, v in summary.scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numbers:
+        lines += ["## Evaluation", "", "On the run's held-out test split:", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {key} | {value:.4g} |" for key, value in numbers.items()] + [""]
+    example = style.prompt({"instruction": "Name three primary colors."})
+    lines += ["## Prompt format", "",
+              f"Prompt style `{style.name}`; the tokenizer's chat template renders it. A prompt:", "",
+              "```text", example, "```", "",
+              "The answer follows and ends with `<|endoftext|>`. Cut it at any of "
+              + ", ".join(f"`{json.dumps(s)[1:-1]}`" for s in style.stop_strings) + ".", ""]
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""``export_to``: a model in the format another tool loads, written whole or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from gpt2_lightning.data.prompts import get_style
+from gpt2_lightning.errors import ConfigError
+from gpt2_lightning.export.card import model_card, read_run_summary
+from gpt2_lightning.export.gguf_file import GGUF_DTYPES, export_gguf
+from gpt2_lightning.export.hf import TORCH_DTYPES, export_hf
+from gpt2_lightning.export.load import load_model
+from gpt2_lightning.export.ollama import GGUF_FILE, export_ollama
+from gpt2_lightning.io import UMASK, atomic_write
+
+FORMAT_DTYPES = {"hf": tuple(TORCH_DTYPES), "gguf": GGUF_DTYPES, "ollama": GGUF_DTYPES}
+
+
+def check_request(fmt: str, dtype: str, out: Path, force: bool) -> None:
+    """Refuse, before any work, what cannot be done or would replace the user's files."""
+    if fmt not in FORMAT_DTYPES:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMAT_DTYPES)}")
+    if dtype not in FORMAT_DTYPES[fmt]:
+        raise ConfigError(f"--dtype {dtype} does not exist for {fmt}; choose one of {', '.join(FORMAT_DTYPES[fmt])}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
+
+
+@contextlib.contextmanager
+def folder_in_place(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that becomes ``out`` when the block succeeds (an old
+    ``out`` goes only then); on failure it is removed and ``out`` is untouched."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        tmp.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; give the folder the usual mode
+        if not out.exists():
+            tmp.rename(out)
+            return
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        try:
+            tmp.rename(out)
+        except OSError:
+            old.rename(out)
+            raise
+        shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_to(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, dtype: str = "float32",
+              force: bool = False) -> Path:
+    """Export the model ``spec`` names (anything ``load_model`` takes) as ``fmt`` (``hf``,
+    ``gguf`` or ``ollama``) into the folder ``out``; return the folder."""
+    out = Path(out)
+    check_request(fmt, dtype, out, force)
+    model, meta = load_model(spec)
+    style = get_style(meta["prompt_style"])
+    name = out.resolve().name
+    with folder_in_place(out) as folder:
+        if fmt == "hf":
+            export_hf(model, style, folder, dtype)
+            with atomic_write(folder / "README.md") as f:
+                f.write(model_card(model, style, read_run_summary(spec), name))
+        elif fmt == "gguf":
+            export_gguf(model, style, folder / GGUF_FILE, dtype, name=name)
+        else:
+            export_ollama(model, style, folder, dtype, name=name)
+    return out

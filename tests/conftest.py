@@ -69,3 +69,16 @@ def tiny_export(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = GPTModel(GPTConfig(vocab_size=50257, context_length=256, emb_dim=64, n_layers=2, n_heads=4))
     return export_model(model, tmp_path_factory.mktemp("export"), prompt_style="alpaca")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """Pretrained weights of ``model=tiny``'s shape, as Hugging Face saves GPT-2 (a folder with
+    model.safetensors and config.json): the base for LoRA runs (``model.weights=...``)."""
+    from gpt2_lightning.model.gpt import GPTConfig
+    from tests.hf_reference import hf_gpt2
+
+    folder = tmp_path_factory.mktemp("tiny-base")
+    hf_gpt2(GPTConfig(vocab_size=50257, context_length=256, emb_dim=64, n_layers=2, n_heads=4), seed=5) \
+        .save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -48,21 +48,25 @@ def wait_for_step(run_dir, step, process, timeout=300):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("adapter", ["none", "lora"])
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_base, adapter):
     # 51 training records, batch 4: 13 steps per epoch, 26 in all; last.ckpt every 3 steps.
-    assert run_train_py(*RESUMABLE, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
-    killed = start_train(tmp_path / "killed")
+    extra = () if adapter == "none" else ("adapter=lora", "adapter.r=4", "model.pretrained=true",
+                                          f"model.weights={tiny_base}")
+    assert run_train_py(*RESUMABLE, *extra, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
+    killed = start_train(tmp_path / "killed", *extra)
     wait_for_step(tmp_path / "killed", 15, killed)  # epoch 1, batch 2
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     step_at_kill, _ = final_weights(tmp_path / "killed")
     assert 15 <= step_at_kill < 26
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    resumed = run_train_py(*RESUMABLE, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
+    resumed = run_train_py(*RESUMABLE, *extra, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     step_whole, whole = final_weights(tmp_path / "whole")
     step_resumed, weights = final_weights(tmp_path / "resumed")
     assert step_whole == step_resumed == 26
+    assert set(weights) == set(whole) and all(k.endswith(("lora_a", "lora_b")) == (adapter == "lora") for k in whole)
     for name, tensor in whole.items():
         torch.testing.assert_close(weights[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
 

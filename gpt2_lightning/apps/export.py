@@ -2,7 +2,8 @@
 
 hf: a folder that AutoModelForCausalLM and AutoTokenizer load as it is, with the prompt
 style as its chat template and a model card. gguf: one .gguf file for llama.cpp. ollama:
-the .gguf file and a Modelfile (then: ollama create NAME -f OUT/Modelfile). The folder
+the .gguf file and a Modelfile (then: ollama create NAME -f OUT/Modelfile). A LoRA run is
+exported with its adapters merged, or alone with --adapter-only (PEFT). The folder
 appears whole when the export succeeds, and never replaces one unless --force is given.
 """
 
@@ -21,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help="weights: float32, float16 or bfloat16; gguf and "
                         "ollama also q8_0 (8-bit; norms and biases stay float32) (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="replace --out if it already holds files")
+    parser.add_argument("--adapter-only", action="store_true", help="with --format hf, a LoRA run's adapters "
+                        "alone in the PEFT format (load them with peft onto the base's Hugging Face model)")
 
 
 def run(args: argparse.Namespace) -> None:
-    print(export_to(args.model, args.fmt, args.out, args.dtype, args.force))
+    print(export_to(args.model, args.fmt, args.out, args.dtype, args.force, args.adapter_only))

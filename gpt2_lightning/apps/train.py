@@ -26,13 +26,15 @@ from gpt2_lightning.allocator import keep_freed_memory
 from gpt2_lightning.apps.common import TEST_SPLIT_FILE, exit_on_user_error
 from gpt2_lightning.data.datamodule import InstructionDataModule
 from gpt2_lightning.devices import check_trainer, for_inference, resolve_precision
+from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.evaluate.plot import plot_losses, read_scalars
 from gpt2_lightning.evaluate.scores import score_responses
 from gpt2_lightning.export.folder import export_model
 from gpt2_lightning.generation.respond import GenerationSettings, respond
 from gpt2_lightning.io import remove_stale_temp_files, write_json
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
-from gpt2_lightning.model.pretrained import load_pretrained
+from gpt2_lightning.model.lora import LoRAConfig, merge_lora
+from gpt2_lightning.model.pretrained import base_identity, load_pretrained
 from gpt2_lightning.resources import config_dir, register_resolvers
 from gpt2_lightning.train.callbacks import GracefulStop
 from gpt2_lightning.train.checkpoints import model_from_checkpoint, model_from_state_dict, read_checkpoint
@@ -42,13 +44,34 @@ from gpt2_lightning.train.strategies import shards_parameters
 log = logging.getLogger(__name__)
 
 
-def build_model(model_cfg: DictConfig, cache_dir: str | None, resuming: bool) -> GPTModel:
-    """The GPT-2 to fine-tune: OpenAI's weights when ``pretrained`` (unless a checkpoint
-    will overwrite them anyway), else random initialisation of the configured shape."""
+def build_model(model_cfg: DictConfig, cache_dir: str | None, resuming: bool,
+                adapter: dict | None = None) -> tuple[GPTModel, dict | None]:
+    """The GPT-2 to fine-tune, and for LoRA the identity of its base weights: OpenAI's weights
+    when ``pretrained`` (unless a checkpoint will overwrite them anyway; LoRA checkpoints do
+    not hold them), else random initialisation of the configured shape."""
     overrides = OmegaConf.to_container(model_cfg.config, resolve=True) if model_cfg.config else {}
+    spec = model_cfg.weights or model_cfg.name
+    if adapter:
+        if not (model_cfg.pretrained or model_cfg.weights):
+            raise ConfigError("adapter=lora adapts pretrained weights: set model.pretrained=true or model.weights=...")
+        base = base_identity(spec, cache_dir)
+        return load_pretrained(base["path"], **overrides), base
     if model_cfg.pretrained and not resuming:
-        return load_pretrained(model_cfg.weights or model_cfg.name, cache_dir=cache_dir, **overrides)
-    return GPTModel(GPTConfig.from_spec(model_cfg.name, overrides))
+        return load_pretrained(spec, cache_dir=cache_dir, **overrides), None
+    return GPTModel(GPTConfig.from_spec(model_cfg.name, overrides)), None
+
+
+def adapter_settings(adapter_cfg: DictConfig | None) -> dict | None:
+    """The LoRA settings of ``adapter=lora`` (checked), None for ``adapter=none``."""
+    if adapter_cfg is None or adapter_cfg.name == "none":
+        return None
+    if adapter_cfg.name != "lora":
+        raise ConfigError(f"unknown adapter {adapter_cfg.name!r}; use adapter=none or adapter=lora")
+    settings = {k: v for k, v in OmegaConf.to_container(adapter_cfg, resolve=True).items() if k != "name"}
+    try:
+        return LoRAConfig(**settings).to_dict()
+    except TypeError as err:
+        raise ConfigError(f"adapter: {err}") from None
 
 
 def instantiate_list(node: DictConfig | None) -> list:
@@ -81,18 +104,22 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     datamodule.setup()
     if rank_zero_only.rank == 0:  # what `gpt2 respond RUN` answers, wherever the data lives by then
         write_json(output_dir / TEST_SPLIT_FILE, datamodule.datasets["test"].records)
-    model = build_model(cfg.model, cfg.paths.cache_dir, resuming=ckpt_path is not None)
+    adapter = adapter_settings(cfg.get("adapter"))
+    model, base = build_model(cfg.model, cfg.paths.cache_dir, resuming=ckpt_path is not None, adapter=adapter)
     if datamodule.max_length is None:
         datamodule.max_length = model.cfg.context_length
     tuner = InstructionTuner(model.cfg.to_dict(), prompt_style=datamodule.prompt_style,
-                             compile=cfg.model.compile, model=model,
+                             compile=cfg.model.compile, adapter=adapter, base=base, model=model,
                              **OmegaConf.to_container(cfg.optimizer, resolve=True))
     callbacks = [*instantiate_list(cfg.get("callbacks")), *extra_callbacks]
     precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator), model.cfg.emb_dim)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, precision=precision,
                                                  logger=instantiate_list(cfg.get("logger")) or False)
-    log.info("model: %s, %.1fM parameters, precision %s", cfg.model.name, model.num_parameters() / 1e6,
-             precision)
+    if adapter and shards_parameters(trainer.strategy):
+        raise ConfigError("adapter=lora trains on one process or with DDP; FSDP would shard the frozen base for nothing")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("model: %s, %.1fM parameters (%.2fM trainable%s), precision %s", cfg.model.name,
+             model.num_parameters() / 1e6, trainable / 1e6, ", LoRA adapters" if adapter else "", precision)
 
     if cfg.train:
         try:
@@ -153,7 +180,7 @@ def delivered_model(trainer: L.Trainer, tuner: InstructionTuner, best: ModelChec
     if best is not None:
         return model_from_checkpoint(best.best_model_path)[0] if trainer.is_global_zero else None
     if not shards_parameters(trainer.strategy):
-        return tuner.model if trainer.is_global_zero else None
+        return merge_lora(tuner.model) if trainer.is_global_zero else None
     state = trainer.strategy.lightning_module_state_dict()
     return model_from_state_dict(tuner.model.cfg, state, "the final weights") if trainer.is_global_zero else None
 

@@ -16,7 +16,7 @@ import safetensors.torch
 from gpt2_lightning.errors import CheckpointMismatchError
 from gpt2_lightning.io import atomic_write, write_json
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
-from gpt2_lightning.model.pretrained import WEIGHTS_FILE, load_state_dict_checked, read_safetensors
+from gpt2_lightning.model.pretrained import WEIGHTS_FILE, model_with_weights, read_safetensors
 
 CONFIG_FILE = "config.json"
 FORMAT = "gpt2-lightning"
@@ -57,6 +57,4 @@ def load_export(folder: str | os.PathLike) -> tuple[GPTModel, dict[str, Any]]:
     state = read_safetensors(folder / WEIGHTS_FILE)
     if config.tie_weights:
         state["out_head.weight"] = state["tok_emb.weight"]
-    model = GPTModel(config)
-    load_state_dict_checked(model, state, source=str(folder / WEIGHTS_FILE))
-    return model.eval(), meta
+    return model_with_weights(config, state, str(folder / WEIGHTS_FILE)).eval(), meta

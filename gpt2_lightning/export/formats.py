@@ -16,13 +16,16 @@ from gpt2_lightning.export.gguf_file import GGUF_DTYPES, export_gguf
 from gpt2_lightning.export.hf import TORCH_DTYPES, export_hf
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.export.ollama import GGUF_FILE, export_ollama
+from gpt2_lightning.export.peft_adapter import export_peft_adapter
 from gpt2_lightning.io import UMASK, atomic_write
 
 FORMAT_DTYPES = {"hf": tuple(TORCH_DTYPES), "gguf": GGUF_DTYPES, "ollama": GGUF_DTYPES}
 
 
-def check_request(fmt: str, dtype: str, out: Path, force: bool) -> None:
+def check_request(fmt: str, dtype: str, out: Path, force: bool, adapter_only: bool = False) -> None:
     """Refuse, before any work, what cannot be done or would replace the user's files."""
+    if adapter_only and fmt != "hf":
+        raise ConfigError(f"--adapter-only writes a PEFT adapter for Hugging Face: use it with --format hf, not {fmt}")
     if fmt not in FORMAT_DTYPES:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMAT_DTYPES)}")
     if dtype not in FORMAT_DTYPES[fmt]:
@@ -58,11 +61,16 @@ def folder_in_place(out: Path) -> Iterator[Path]:
 
 
 def export_to(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, dtype: str = "float32",
-              force: bool = False) -> Path:
-    """Export the model ``spec`` names (anything ``load_model`` takes) as ``fmt`` (``hf``,
-    ``gguf`` or ``ollama``) into the folder ``out``; return the folder."""
+              force: bool = False, adapter_only: bool = False) -> Path:
+    """Export the model ``spec`` names (anything ``load_model`` takes; a LoRA run with its
+    adapters merged) as ``fmt`` (``hf``, ``gguf`` or ``ollama``) into the folder ``out``;
+    return the folder. ``adapter_only``: a LoRA run's adapters alone, for ``peft``."""
     out = Path(out)
-    check_request(fmt, dtype, out, force)
+    check_request(fmt, dtype, out, force, adapter_only)
+    if adapter_only:
+        with folder_in_place(out) as folder:
+            export_peft_adapter(spec, folder)
+        return out
     model, meta = load_model(spec)
     style = get_style(meta["prompt_style"])
     name = out.resolve().name

@@ -14,7 +14,7 @@ import torch
 
 from gpt2_lightning import resources
 from gpt2_lightning.errors import CheckpointMismatchError, ConfigError
-from gpt2_lightning.fetch import download
+from gpt2_lightning.fetch import download, sha256_of
 from gpt2_lightning.model.gpt import GPT2_ALIASES, GPTConfig, GPTModel
 
 # Hugging Face GPT-2 submodule name -> ours. Conv1D layers store weights as [in, out].
@@ -108,7 +108,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> GPTConfig:
 
 
 def load_state_dict_checked(model: GPTModel, state_dict: dict[str, torch.Tensor],
-                            source: str = "checkpoint") -> None:
+                            source: str = "checkpoint", assign: bool = False) -> None:
     """``model.load_state_dict`` with errors that name the tensor and both shapes."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
@@ -122,7 +122,19 @@ def load_state_dict_checked(model: GPTModel, state_dict: dict[str, torch.Tensor]
             raise CheckpointMismatchError(
                 f"{source}: tensor {key!r} has shape {tuple(state_dict[key].shape)} but the model "
                 f"expects {tuple(target.shape)} (is it another model size?)")
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, assign=assign)
+
+
+def model_with_weights(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: str) -> GPTModel:
+    """A ``GPTModel`` of ``config`` that holds ``state_dict``'s tensors themselves (as float32):
+    built on the meta device, so no memory or time goes into a random initialisation."""
+    with torch.device("meta"):
+        model = GPTModel(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    load_state_dict_checked(model, state, source=source, assign=True)
+    if config.tie_weights:  # assigning made the head a parameter of its own
+        model.out_head.weight = model.tok_emb.weight
+    return model
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,6 +211,25 @@ def load_pretrained(name_or_path: str | os.PathLike, cache_dir: str | os.PathLik
     state_dict = convert_hf_state_dict(read_safetensors(path))
     if "n_heads" not in config_overrides and (heads := heads_from_hf_config(path)):
         config_overrides["n_heads"] = heads
-    model = GPTModel(infer_config(state_dict, **config_overrides))
-    load_state_dict_checked(model, state_dict, source=str(path))
-    return model
+    return model_with_weights(infer_config(state_dict, **config_overrides), state_dict, str(path))
+
+
+def base_identity(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """What names a set of base weights for the adapters trained on it: the spec the user gave,
+    the local file it resolved to, and that file's sha256."""
+    path = resolve_weights(name_or_path, cache_dir)
+    return {"weights": os.fspath(name_or_path), "path": str(path.resolve()), "sha256": sha256_of(path)}
+
+
+def load_base(identity: dict[str, str], cache_dir: str | os.PathLike | None = None, **config_overrides) -> GPTModel:
+    """The base weights ``identity`` names (its file, else its spec resolved again), checked
+    against its sha256."""
+    path = Path(identity["path"])
+    if not path.is_file():
+        path = resolve_weights(identity["weights"], cache_dir)
+    digest = sha256_of(path)
+    if digest != identity["sha256"]:
+        raise CheckpointMismatchError(
+            f"the adapters were trained on the base weights {identity['weights']} (sha256 {identity['sha256'][:16]}...), "
+            f"but {path} has sha256 {digest[:16]}...; give the same base weights (model.weights=...)")
+    return load_pretrained(path, **config_overrides)

@@ -11,7 +11,8 @@ import torch
 
 from gpt2_lightning.errors import CheckpointMismatchError
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
-from gpt2_lightning.model.pretrained import load_state_dict_checked
+from gpt2_lightning.model.lora import LoRAConfig, adapter_state_dict, add_lora, merge_lora
+from gpt2_lightning.model.pretrained import load_base, model_with_weights
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -32,19 +33,37 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
+def _model_tensors(state_dict: dict[str, Any]) -> dict[str, Any]:
+    return {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+
+
 def model_from_state_dict(config: GPTConfig, state_dict: dict[str, Any], source: str) -> GPTModel:
     """A ``GPTModel`` of ``config`` in eval mode, holding the GPT weights (``model.*``) of an
     ``InstructionTuner`` state dict; ``source`` names it in errors."""
-    model = GPTModel(config)
-    state = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
-    load_state_dict_checked(model, state, source=source)
-    return model.eval()
+    return model_with_weights(config, _model_tensors(state_dict), source).eval()
+
+
+def adapted_model(hparams: dict[str, Any], state_dict: dict[str, Any], source: str) -> GPTModel:
+    """The base weights a LoRA checkpoint names, with its adapters merged in, in eval mode."""
+    config = GPTConfig.from_dict(hparams["gpt_config"])
+    model = add_lora(load_base(hparams["base"], drop_rate=config.drop_rate), LoRAConfig(**hparams["adapter"]))
+    adapters = _model_tensors(state_dict)
+    expected = adapter_state_dict(model)
+    if set(adapters) != set(expected):
+        raise CheckpointMismatchError(f"{source}: its adapters do not fit the base model (expected {len(expected)} "
+                                      f"adapter tensors like {next(iter(expected))}, found {len(adapters)})")
+    model.load_state_dict(adapters, strict=False)
+    return merge_lora(model).eval()
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[GPTModel, dict[str, Any]]:
     """The model of a Lightning checkpoint (``.ckpt``), built from its saved config, and
-    its metadata (``model``, ``prompt_style``)."""
+    its metadata (``model``, ``prompt_style``). A LoRA run's checkpoint gives its base with
+    the adapters merged."""
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
-    model = model_from_state_dict(GPTConfig.from_dict(hparams["gpt_config"]), checkpoint["state_dict"], str(path))
+    if hparams.get("adapter"):
+        model = adapted_model(hparams, checkpoint["state_dict"], str(path))
+    else:
+        model = model_from_state_dict(GPTConfig.from_dict(hparams["gpt_config"]), checkpoint["state_dict"], str(path))
     return model, {"model": model.cfg.to_dict(), "prompt_style": hparams.get("prompt_style", "alpaca")}

@@ -11,8 +11,9 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torchmetrics import MeanMetric
 
-from gpt2_lightning.errors import ConfigError, TrainingDivergedError
+from gpt2_lightning.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
+from gpt2_lightning.model.lora import LoRAConfig, add_lora, is_adapter_key
 from gpt2_lightning.train.loss import masked_lm_loss
 
 # Strategies whose gradients are whole local tensors that torch's clipping can handle.
@@ -36,13 +37,16 @@ class InstructionTuner(L.LightningModule):
     """GPT-2 + next-token cross-entropy + AdamW, logging to TensorBoard.
 
     Everything needed to rebuild the model (its config and the prompt style) is saved as
-    hyperparameters, so a checkpoint alone restores it.
+    hyperparameters, so a checkpoint alone restores it. With an ``adapter`` (LoRA), only the
+    adapters train and checkpoints hold them alone, with the identity of the ``base``
+    weights (spec, file, sha256) they were trained on.
     """
 
     def __init__(self, gpt_config: dict[str, Any], prompt_style: str = "alpaca", lr: float = 5e-5,
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
                  warmup_steps: int = 0, schedule: str = "constant", min_lr_ratio: float = 0.1,
-                 decay_biases_and_norms: bool = False, compile: bool = False, model: GPTModel | None = None):
+                 decay_biases_and_norms: bool = False, compile: bool = False, adapter: dict[str, Any] | None = None,
+                 base: dict[str, str] | None = None, model: GPTModel | None = None):
         super().__init__()
         if schedule not in ("constant", "cosine"):
             raise ConfigError(f"optimizer.schedule must be 'constant' or 'cosine', got {schedule!r}")
@@ -53,6 +57,10 @@ class InstructionTuner(L.LightningModule):
         if model is not None and model.cfg != config:
             raise ValueError(f"the given model's config {model.cfg} differs from gpt_config {config}")
         self.model = model if model is not None else GPTModel(config)
+        if adapter:
+            add_lora(self.model, LoRAConfig(**adapter))
+        # A LoRA run's checkpoints hold the adapters alone; the base comes from ``base``.
+        self.strict_loading = not adapter
         self.loss_fn = masked_lm_loss
         self.train_loss_epoch = MeanMetric()
         self.val_loss = MeanMetric()
@@ -61,6 +69,7 @@ class InstructionTuner(L.LightningModule):
         self.scored_tokens_seen = 0
         self._step_started = 0.0
         self._scored_in_step = torch.zeros(())
+        self._rng_state_to_restore: torch.Tensor | None = None
 
     @property
     def config(self) -> GPTConfig:
@@ -77,6 +86,9 @@ class InstructionTuner(L.LightningModule):
         return self.loss_fn(self.model, batch["input_ids"], batch["targets"])
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_state_to_restore is not None:  # here, not at loading: making the data iterator draws from it
+            torch.set_rng_state(self._rng_state_to_restore)
+            self._rng_state_to_restore = None
         self._step_started = time.perf_counter()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -134,6 +146,8 @@ class InstructionTuner(L.LightningModule):
         hp = self.hparams
         decay, no_decay = [], []
         for param in self.model.parameters():  # tied head: parameters() yields it once
+            if not param.requires_grad:  # frozen under LoRA: no optimizer state
+                continue
             (decay if param.dim() >= 2 or hp.decay_biases_and_norms else no_decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
@@ -163,7 +177,33 @@ class InstructionTuner(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["scored_tokens_seen"] = self.scored_tokens_seen
+        # Dropout draws from torch's generator: a resumed run goes on with the same masks.
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+        if self.hparams.adapter:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_adapter_key(k)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_same_adaptation(checkpoint.get("hyper_parameters", {}), self.hparams)
+        self._rng_state_to_restore = checkpoint.get("torch_rng_state")
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.scored_tokens_seen = checkpoint.get("scored_tokens_seen", 0)
+
+
+def check_same_adaptation(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """A checkpoint fits this run only with the same adapters on the same base weights."""
+    saved_adapter, adapter = saved.get("adapter") or None, current.get("adapter") or None
+    if bool(saved_adapter) != bool(adapter):
+        raise CheckpointMismatchError(
+            f"the checkpoint {'holds LoRA adapters' if saved_adapter else 'is a full fine-tune'} but this run "
+            f"{'trains LoRA adapters' if adapter else 'is a full fine-tune'}; resume with "
+            f"adapter={'lora' if saved_adapter else 'none'}")
+    if not adapter:
+        return
+    if dict(saved_adapter) != dict(adapter):
+        raise CheckpointMismatchError(f"the checkpoint's adapters are {dict(saved_adapter)}, this run's {dict(adapter)}; "
+                                      f"resume with the same adapter settings")
+    if saved["base"]["sha256"] != current["base"]["sha256"]:
+        raise CheckpointMismatchError(
+            f"the checkpoint's adapters were trained on the base weights {saved['base']['weights']} (sha256 "
+            f"{saved['base']['sha256'][:16]}...), but this run loads {current['base']['weights']} (sha256 "
+            f"{current['base']['sha256'][:16]}...); resume with the same model.weights")

@@ -83,7 +83,7 @@ def test_a_lora_checkpoint_holds_the_adapters_and_the_bases_identity(tiny_base, 
     base = checkpoint["hyper_parameters"]["base"]
     weights = tiny_base / "model.safetensors"
     assert base["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest() and base["path"] == str(weights)
-    assert checkpoint["hyper_parameters"]["adapter"] == {"r": 4, "alpha": 16, "dropout": 0.05,
+    assert checkpoint["hyper_parameters"]["adapter"] == {"r": 4, "alpha": 16, "dropout": 0.0,
                                                         "targets": ["qkv", "out_proj", "fc", "proj"]}
     # The checkpoint alone gives the merged model: the base, with the adapters folded in.
     merged, meta = load_model(tmp_path / "checkpoints" / "last.ckpt")

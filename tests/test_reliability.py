@@ -50,8 +50,9 @@ def wait_for_step(run_dir, step, process, timeout=300):
 @pytest.mark.slow
 @pytest.mark.parametrize("adapter", ["none", "lora"])
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_base, adapter):
-    # 51 training records, batch 4: 13 steps per epoch, 26 in all; last.ckpt every 3 steps.
-    extra = () if adapter == "none" else ("adapter=lora", "adapter.r=4", "model.pretrained=true",
+    # 51 training records, batch 4: 13 steps per epoch, 26 in all; last.ckpt every 3 steps. The
+    # LoRA run has dropout: the resumed run must draw the same masks.
+    extra = () if adapter == "none" else ("adapter=lora", "adapter.r=4", "adapter.dropout=0.05", "model.pretrained=true",
                                           f"model.weights={tiny_base}")
     assert run_train_py(*RESUMABLE, *extra, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
     killed = start_train(tmp_path / "killed", *extra)

@@ -176,7 +176,13 @@ def best_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
 def delivered_model(trainer: L.Trainer, tuner: InstructionTuner, best: ModelCheckpoint | None) -> GPTModel | None:
     """The weights the run delivers (the best checkpoint's, else the final ones), whole, on global
     rank zero; None on the other processes. Every process must call this: where the strategy
-    shards the parameters (FSDP), gathering them is a collective."""
+    shards the parameters (FSDP), gathering them is a collective. A LoRA run's adapters are
+    merged into the base it holds already (loading the base again would double its memory)."""
+    if best is not None and tuner.hparams.adapter:
+        if not trainer.is_global_zero:
+            return None
+        tuner.load_state_dict(read_checkpoint(best.best_model_path)["state_dict"], strict=False)
+        return merge_lora(tuner.model)
     if best is not None:
         return model_from_checkpoint(best.best_model_path)[0] if trainer.is_global_zero else None
     if not shards_parameters(trainer.strategy):

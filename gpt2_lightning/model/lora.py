@@ -77,14 +77,12 @@ class LoRALinear(nn.Linear):
         return F.linear(x, self.weight, self.bias) + update * self.scaling
 
     def merged(self) -> nn.Linear:
-        """A plain ``nn.Linear`` computing the same function."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device="meta")
+        """A plain ``nn.Linear`` computing the same function. It takes this layer's weight with
+        the update added in place, so merging needs no second copy of the model."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         with torch.no_grad():
-            delta = (self.lora_b.float() @ self.lora_a.float()) * self.scaling
-            linear.weight = nn.Parameter((self.weight.float() + delta).to(self.weight.dtype))
-            if self.bias is not None:
-                linear.bias = nn.Parameter(self.bias.detach().clone())
+            self.weight.add_(((self.lora_b.float() @ self.lora_a.float()) * self.scaling).to(self.weight.dtype))
+        linear.weight, linear.bias = self.weight, self.bias
         return linear
 
 

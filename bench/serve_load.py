@@ -1,8 +1,9 @@
-"""A bounded load run against the OpenAI-compatible server on 127.0.0.1: N requests from C
-concurrent clients (stops after --max-seconds at the latest); requests/s and latency
-percentiles. Starts its own server over a random model of the chosen shape.
+"""A bounded load run against the OpenAI-compatible server on 127.0.0.1 (a random model of the
+chosen shape, run as ``gpt2 serve`` runs it): the same N requests sent one after another,
+then from C concurrent clients; generated tokens/s of both, latency percentiles, and the
+latency of ``/health`` polled during the concurrent phase. Stops after --max-seconds a phase.
 
-    python bench/serve_load.py [--model tiny|gpt2-small] [--requests 100] [--concurrency 8] [--max-tokens 16]
+    python bench/serve_load.py [--model tiny|gpt2-small] [--requests 16] [--concurrency 8] [--max-tokens 32]
 """
 
 from __future__ import annotations
@@ -32,18 +33,50 @@ SHAPES = {"tiny": GPTConfig(vocab_size=50257, context_length=256, emb_dim=64, n_
           "gpt2-small": GPTConfig.from_name("gpt2-small")}
 
 
+def load(url: str, requests_: int, concurrency: int, max_tokens: int, max_seconds: float) -> dict:
+    """Send ``requests_`` chat requests from ``concurrency`` clients; what came back."""
+    deadline = time.perf_counter() + max_seconds
+    latencies: list[float] = []
+    tokens, failures = 0, 0
+
+    def one(i: int) -> None:
+        nonlocal tokens, failures
+        if time.perf_counter() > deadline:
+            return
+        start = time.perf_counter()
+        response = requests.post(f"{url}/v1/chat/completions", timeout=max_seconds, json={
+            "messages": [{"role": "user", "content": f"Give me fact number {i}."}],
+            "max_tokens": max_tokens, "temperature": 0.7, "seed": i})
+        if response.ok:
+            latencies.append(time.perf_counter() - start)
+            tokens += response.json()["usage"]["completion_tokens"]
+        else:
+            failures += 1
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(requests_)))
+    elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "tokens": tokens, "failures": failures, "elapsed": elapsed}
+
+
+def percentiles(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=100) if len(values) > 1 else [values[0]] * 99
+    return f"p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=SHAPES, default="tiny")
-    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--model", choices=SHAPES, default="gpt2-small")
+    parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--max-seconds", type=float, default=120)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-seconds", type=float, default=300)
     args = parser.parse_args()
     print(machine())
     torch.manual_seed(0)
     model = for_inference(GPTModel(SHAPES[args.model]), "cpu")  # as gpt2 serve runs it
-    app = create_app(model, get_style("alpaca"), name=args.model)
+    app = create_app(model, get_style("alpaca"), name=args.model, max_batch_size=args.concurrency)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -53,33 +86,30 @@ def main() -> None:
     while not server.started:
         time.sleep(0.05)
 
-    deadline = time.perf_counter() + args.max_seconds
-    latencies: list[float] = []
-    failures = 0
+    results = {}
+    health: list[float] = []
+    for clients in (1, args.concurrency):
+        polling = threading.Event()
 
-    def one(i: int) -> None:
-        nonlocal failures
-        if time.perf_counter() > deadline:
-            return
-        start = time.perf_counter()
-        response = requests.post(f"{url}/v1/chat/completions", timeout=args.max_seconds, json={
-            "messages": [{"role": "user", "content": f"Give me fact number {i}."}],
-            "max_tokens": args.max_tokens, "temperature": 0.7, "seed": i})
-        if response.ok:
-            latencies.append(time.perf_counter() - start)
-        else:
-            failures += 1
+        def poll_health() -> None:
+            while not polling.is_set():
+                start = time.perf_counter()
+                requests.get(f"{url}/health", timeout=30)
+                health.append(time.perf_counter() - start)
+                time.sleep(0.1)
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        list(pool.map(one, range(args.requests)))
-    elapsed = time.perf_counter() - start
+        poller = threading.Thread(target=poll_health, daemon=True)
+        if clients > 1:
+            poller.start()
+        results[clients] = run = load(url, args.requests, clients, args.max_tokens, args.max_seconds)
+        polling.set()
+        print(f"{args.model}, {clients} client(s): {len(run['latencies'])} answered, {run['failures']} failed, "
+              f"{run['tokens']} tokens in {run['elapsed']:.1f} s = {run['tokens'] / run['elapsed']:.1f} tokens/s, "
+              f"{len(run['latencies']) / run['elapsed']:.2f} requests/s; latency {percentiles(run['latencies'])}")
     server.should_exit = True
-    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
-    print(f"{args.model}: {len(latencies)} answered, {failures} failed, {args.concurrency} concurrent, "
-          f"<= {args.max_tokens} tokens each, in {elapsed:.1f} s")
-    print(f"{len(latencies) / elapsed:.1f} requests/s; latency p50 {q[49] * 1000:.0f} ms, "
-          f"p90 {q[89] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
+    one, many = (results[c] for c in (1, args.concurrency))
+    print(f"-> {args.concurrency} concurrent clients: {(many['tokens'] / many['elapsed']) / (one['tokens'] / one['elapsed']):.2f}x "
+          f"the tokens/s of one after another; /health under load: {percentiles(health)} ({len(health)} polls)")
 
 
 if __name__ == "__main__":

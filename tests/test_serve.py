@@ -1,5 +1,6 @@
 """The OpenAI-compatible server, started for real on 127.0.0.1."""
 
+import contextlib
 import shutil
 import socket
 import threading
@@ -8,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+import torch
 import uvicorn
 from openai import OpenAI
 
@@ -15,12 +17,12 @@ from gpt2_lightning.apps.serve import create_app
 from gpt2_lightning.data.prompts import get_style
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
+from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 
 
-@pytest.fixture(scope="module")
-def server(tiny_export):
-    model, meta = load_model(tiny_export)
-    app = create_app(model, get_style(meta["prompt_style"]), name="tiny", default_max_tokens=16)
+@contextlib.contextmanager
+def serving(app):
+    """``app`` served by uvicorn on a free port of 127.0.0.1; yields its URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -34,9 +36,16 @@ def server(tiny_export):
                 break
         except requests.ConnectionError:
             time.sleep(0.05)
-    yield url, model
+    yield url
     uv.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_export):
+    model, meta = load_model(tiny_export)
+    with serving(create_app(model, get_style(meta["prompt_style"]), name="tiny", default_max_tokens=16)) as url:
+        yield url, model
 
 
 def client(url):
@@ -154,3 +163,68 @@ def test_the_web_page_streams_an_answer_in_headless_chromium(server):
         assert answer == expected["choices"][0]["message"]["content"].strip()
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def one_row_server():
+    """A server that decodes one request at a time and lets one more wait, with a model whose
+    context holds answers long enough (seconds) to be interrupted."""
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=50257, context_length=1024, emb_dim=256, n_layers=4, n_heads=4)).eval()
+    with serving(create_app(model, get_style("alpaca"), name="tiny", max_batch_size=1, max_queue=1)) as url:
+        yield url
+
+
+def start_stream(url, max_tokens=1000):
+    response = requests.post(f"{url}/v1/completions", json={"prompt": "Once upon a time", "max_tokens": max_tokens,
+                                                           "temperature": 0, "stream": True}, stream=True, timeout=30)
+    assert response.status_code == 200
+    lines = response.iter_lines()
+    assert next(line for line in lines if line).startswith(b"data: ")  # generating
+    return response, lines  # dropping the line iterator would close the connection
+
+
+def wait_for(url, condition, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        health = requests.get(f"{url}/health", timeout=5).json()
+        if condition(health):
+            return health
+        time.sleep(0.05)
+    raise AssertionError(f"never reached; last /health: {health}")
+
+
+def test_a_full_queue_gets_429_with_retry_after_and_a_disconnect_frees_the_row(one_row_server):
+    url = one_row_server
+    first, _lines = start_stream(url)
+    with ThreadPoolExecutor(1) as pool:
+        queued = pool.submit(requests.post, f"{url}/v1/completions",
+                             json={"prompt": "Hello", "max_tokens": 3, "temperature": 0}, timeout=60)
+        wait_for(url, lambda h: h["running"] == 1 and h["waiting"] == 1)
+        refused = requests.post(f"{url}/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, timeout=10)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+        assert "busy" in refused.json()["error"]["message"]
+        left = time.monotonic()
+        first.close()  # the client leaves: its generation ends, the queued request gets the row
+        answered = queued.result()
+        assert time.monotonic() - left < 3  # the first answer alone would take ~7 s more
+    assert answered.status_code == 200 and answered.json()["usage"]["completion_tokens"] <= 3
+    wait_for(url, lambda h: h["running"] == 0 and h["waiting"] == 0)
+
+
+def test_metrics_are_prometheus_text_with_queue_batch_tokens_and_latency(server):
+    url, _ = server
+    before = requests.get(f"{url}/metrics", timeout=5)
+    assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
+    requests.post(f"{url}/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "temperature": 0}, timeout=30)
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    for name in ("gpt2_queue_depth", "gpt2_batch_size", "gpt2_generated_tokens_total",
+                 "gpt2_generated_tokens_per_second", "gpt2_request_duration_seconds_count"):
+        assert f"# TYPE {name.removesuffix('_count')} " in text and name in samples
+    assert samples["gpt2_generated_tokens_total"] >= 1 and samples['gpt2_requests_total{status="200"}'] >= 1
+    assert samples['gpt2_request_duration_seconds_bucket{le="+Inf"}'] == samples["gpt2_request_duration_seconds_count"]

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from gpt2_lightning.apps.inference import add_model_arguments, model_for_generation
 from gpt2_lightning.data.prompts import PromptStyle
+from gpt2_lightning.generation.engine import BatchEngine
 from gpt2_lightning.generation.sampling import sampling_generator
-from gpt2_lightning.generation.stream import TextStream
+from gpt2_lightning.generation.stream import TextStream, stream_answer
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.tokenizer import encode
@@ -69,6 +70,9 @@ class ChatSession:
     settings: ChatSettings = field(default_factory=ChatSettings)
     history: list[tuple[str, str]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.engine = BatchEngine(self.model, max_batch_size=1, max_queue=1)
+
     def prompt_ids(self, message: str) -> list[int]:
         """The prompt of ``message`` with as much history as fits beside the answer."""
         room = self.model.cfg.context_length - min(self.settings.max_tokens, self.model.cfg.context_length // 2)
@@ -82,11 +86,10 @@ class ChatSession:
         """Yield the answer to ``message`` in pieces as tokens arrive; the history records
         the answer when the stream ends or is stopped (Ctrl-C)."""
         generator = sampling_generator(self.model, self.settings.temperature, self.settings.seed)
-        answer = TextStream(self.model, self.prompt_ids(message), self.settings.max_tokens,
-                            self.settings.temperature, self.settings.top_k, self.settings.top_p,
-                            self.style.stop_strings, generator)
+        answer = TextStream(self.prompt_ids(message), self.style.stop_strings)
         try:
-            yield from answer
+            yield from stream_answer(self.engine, answer, self.settings.max_tokens, self.settings.temperature,
+                                     self.settings.top_k, self.settings.top_p, generator)
         finally:
             self.history.append((message, answer.text.strip()))
 

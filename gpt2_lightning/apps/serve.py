@@ -1,37 +1,44 @@
 """Serve a model over an OpenAI-compatible HTTP API, with a web chat page.
 
 POST /v1/chat/completions and POST /v1/completions (with "stream": true as server-sent
-events), GET /v1/models, GET /health, and the chat page at /. One model, one generation
-at a time: requests wait their turn in arrival order, while /health and the page keep
-answering.
+events), GET /v1/models, GET /health, GET /metrics (Prometheus) and the chat page at /.
+Requests decode together (continuous batching): each joins the running batch at the next
+step and leaves it when done; when --max-queue requests wait already, a 429 says when to
+retry. A client that disconnects stops its generation.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import collections
+import itertools
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from omegaconf import OmegaConf
 from pydantic import BaseModel, Field, field_validator
 
 from gpt2_lightning.apps.inference import add_model_arguments, model_for_generation
 from gpt2_lightning.data.prompts import PromptStyle
+from gpt2_lightning.generation.engine import BatchEngine, Generation, QueueFull
 from gpt2_lightning.generation.sampling import sampling_generator
 from gpt2_lightning.generation.stream import TextStream
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.tokenizer import encode, get_tokenizer
+
+RETRY_AFTER = 1  # seconds a client told 429 should wait
+DISCONNECT_POLL = 0.5  # seconds between checks that a waiting client is still there
 
 
 class APIError(Exception):
@@ -85,17 +92,80 @@ class CompletionRequest(SamplingRequest):
         return value
 
 
-class Generator:
-    """The model behind a one-thread executor: generations run one at a time, first come
-    first served, off the event loop."""
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
-    def __init__(self, model: GPTModel, style: PromptStyle, name: str, default_max_tokens: int = 256):
+
+class Metrics:
+    """What ``/metrics`` reports, in the Prometheus text format."""
+
+    def __init__(self, engine: BatchEngine, window: float = 10.0):
+        self.engine = engine
+        self.window = window
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def observe(self, status: int, seconds: float) -> None:
+        self.requests[str(status)] += 1
+        self.latency_sum += seconds
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def tokens_per_second(self) -> float:
+        """Generated tokens per second over the last ``window`` seconds."""
+        now, total = time.monotonic(), self.engine.generated_tokens
+        self._samples.append((now, total))
+        while self._samples and now - self._samples[0][0] > self.window:
+            self._samples.popleft()
+        first_time, first_total = self._samples[0]
+        return (total - first_total) / (now - first_time) if now > first_time else 0.0
+
+    def render(self) -> str:
+        lines = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            lines.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}"])
+            lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+
+        metric("gpt2_queue_depth", "gauge", "Requests waiting for a row in the batch.",
+               [("", self.engine.queue_depth)])
+        metric("gpt2_batch_size", "gauge", "Sequences decoding in the running batch.", [("", self.engine.batch_size)])
+        metric("gpt2_generated_tokens_total", "counter", "Tokens generated since the start.",
+               [("", self.engine.generated_tokens)])
+        metric("gpt2_generated_tokens_per_second", "gauge", f"Tokens generated per second over the last "
+               f"{self.window:g} s.", [("", self.tokens_per_second())])
+        metric("gpt2_requests_total", "counter", "Completion requests answered, by HTTP status.",
+               [(f'{{status="{status}"}}', count) for status, count in sorted(self.requests.items())])
+        cumulative = list(itertools.accumulate(self.latency_counts))
+        metric("gpt2_request_duration_seconds", "histogram", "Time from a completion request to its last byte.",
+               [*((f'_bucket{{le="{bound:g}"}}', n) for bound, n in zip(LATENCY_BUCKETS, cumulative)),
+                ('_bucket{le="+Inf"}', cumulative[-1]), ("_sum", self.latency_sum), ("_count", cumulative[-1])])
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Answer:
+    """A request's answer under way: its text so far, its sequence in the engine, and the
+    tokens the engine has sent it."""
+
+    stream: TextStream
+    seq: Generation
+    arrived: asyncio.Queue
+
+
+class Generator:
+    """The model behind a ``BatchEngine``: requests decode together, joining the running
+    batch as rows free up; those that find the queue full get a 429."""
+
+    def __init__(self, model: GPTModel, style: PromptStyle, name: str, default_max_tokens: int = 256,
+                 max_batch_size: int = 8, max_queue: int = 64, request_timeout: float | None = 600.0):
         self.model = model.eval()
         self.style = style
         self.name = name
         self.default_max_tokens = default_max_tokens
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-        self.waiting = 0
+        self.request_timeout = request_timeout
+        self.engine = BatchEngine(model, max_batch_size=max_batch_size, max_queue=max_queue)
+        self.metrics = Metrics(self.engine)
         self.served = 0
 
     def chat_prompt(self, messages: list[Message]) -> str:
@@ -115,7 +185,8 @@ class Generator:
             instruction = f"{system}\n\n{instruction}"
         return self.style.conversation(history, instruction)
 
-    def stream(self, prompt: str, request: SamplingRequest, stop: list[str]) -> TextStream:
+    def answer(self, prompt: str, request: SamplingRequest, stop: list[str]) -> Answer:
+        """``request``'s answer, queued in the engine; a 429 when the queue is full."""
         if request.model is not None and request.model != self.name:
             raise APIError(404, f"the model '{request.model}' does not exist; this server has '{self.name}'",
                            "model", "model_not_found")
@@ -124,53 +195,69 @@ class Generator:
         if len(ids) >= context:
             raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {context} tokens",
                            "messages" if isinstance(request, ChatRequest) else "prompt")
-        max_tokens = min(request.max_tokens or self.default_max_tokens, context - len(ids))
-        generator = sampling_generator(self.model, request.temperature, request.seed)
-        return TextStream(self.model, ids, max_tokens, request.temperature, request.top_k,
-                          request.top_p if request.top_p < 1.0 else None, stop, generator)
-
-    async def run(self, stream: TextStream, cancelled: threading.Event | None = None) -> AsyncIterator[str]:
-        """The pieces of ``stream``, generated in the executor when this request's turn comes."""
+        stream = TextStream(ids, stop)
+        arrived: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        done = object()
-
-        def produce():
-            try:
-                for piece in stream:
-                    if cancelled is not None and cancelled.is_set():
-                        break
-                    loop.call_soon_threadsafe(queue.put_nowait, piece)
-            except Exception as err:  # surfaced to the request that asked
-                loop.call_soon_threadsafe(queue.put_nowait, err)
-            finally:
-                self.served += 1
-                loop.call_soon_threadsafe(queue.put_nowait, done)
-
-        self.waiting += 1
-        loop.run_in_executor(self.executor, produce)  # produce() reports its own errors through the queue
+        seq = Generation(
+            ids, min(request.max_tokens or self.default_max_tokens, context - len(ids)),
+            on_token=lambda token: loop.call_soon_threadsafe(arrived.put_nowait, token),
+            on_finish=lambda reason: loop.call_soon_threadsafe(arrived.put_nowait, ("end", reason)),
+            temperature=request.temperature, top_k=request.top_k,
+            top_p=request.top_p if request.top_p < 1.0 else None,
+            generator=sampling_generator(self.model, request.temperature, request.seed),
+            deadline=time.monotonic() + self.request_timeout if self.request_timeout else None)
         try:
-            while (item := await queue.get()) is not done:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
+            self.engine.submit(seq)
+        except QueueFull as err:
+            raise APIError(429, f"the server is busy ({err}); retry shortly", kind="rate_limit_exceeded") from None
+        return Answer(stream, seq, arrived)
+
+    async def run(self, answer: Answer, request: Request) -> AsyncIterator[str]:
+        """The pieces of the answer's text as its tokens arrive. A client that disconnects,
+        or a stop string, ends the sequence at the engine's next step."""
+        stream, seq = answer.stream, answer.seq
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(answer.arrived.get(), timeout=DISCONNECT_POLL)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    continue
+                if isinstance(item, tuple):
+                    if item[1] == "error":
+                        raise APIError(500, "generation failed", kind="server_error")
+                    if piece := stream.end("length" if item[1] == "time_limit" else item[1]):
+                        yield piece
+                    return
+                if piece := stream.push(item):
+                    yield piece
+                if stream.finish_reason is not None:
+                    return
         finally:
-            self.waiting -= 1
-            if cancelled is not None:
-                cancelled.set()  # a client that left stops the generation at the next token
+            seq.cancel()
+            self.served += 1
 
 
-def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning",
-               default_max_tokens: int = 256) -> FastAPI:
+def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning", default_max_tokens: int = 256,
+               max_batch_size: int = 8, max_queue: int = 64, request_timeout: float | None = 600.0) -> FastAPI:
     get_tokenizer()  # fail at start, not at the first request, when the vocabulary is missing
-    engine = Generator(model, style, name, default_max_tokens)
+    engine = Generator(model, style, name, default_max_tokens, max_batch_size, max_queue, request_timeout)
     app = FastAPI(title="gpt2-lightning", docs_url="/docs")
     app.state.engine = engine
     page = resources.files("gpt2_lightning.apps").joinpath("chat.html").read_text(encoding="utf-8")
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError):
-        return _error(err.status, err.message, err.param, err.kind)
+        headers = {"Retry-After": str(RETRY_AFTER)} if err.status == 429 else None
+        if request.url.path.startswith("/v1/") and request.method == "POST":
+            engine.metrics.observe(err.status, time.monotonic() - request.state.started)
+        return _error(err.status, err.message, err.param, err.kind, headers)
+
+    @app.middleware("http")
+    async def started_at(request: Request, call_next):
+        request.state.started = time.monotonic()
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError):
@@ -182,7 +269,12 @@ def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning"
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": name, "waiting": engine.waiting, "served": engine.served}
+        return {"status": "ok", "model": name, "waiting": engine.engine.queue_depth,
+                "running": engine.engine.batch_size, "served": engine.served}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        return PlainTextResponse(engine.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models():
@@ -196,15 +288,14 @@ def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning"
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         stop = [*engine.style.stop_strings, *body.stop_list()]
-        stream = engine.stream(engine.chat_prompt(body.messages), body, stop)
-        return await _respond(request, body, stream, chat=True)
+        return await _respond(request, body, engine.answer(engine.chat_prompt(body.messages), body, stop), chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        stream = engine.stream(body.prompt, body, body.stop_list())
-        return await _respond(request, body, stream, chat=False)
+        return await _respond(request, body, engine.answer(body.prompt, body, body.stop_list()), chat=False)
 
-    async def _respond(request: Request, body: SamplingRequest, stream: TextStream, chat: bool):
+    async def _respond(request: Request, body: SamplingRequest, answer: Answer, chat: bool):
+        stream = answer.stream
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         kind = "chat.completion" if chat else "text_completion"
@@ -225,12 +316,12 @@ def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning"
                     "total_tokens": prompt + stream.n_tokens}
 
         if not body.stream:
-            text = "".join([piece async for piece in engine.run(stream)])
+            text = "".join([piece async for piece in engine.run(answer, request)])
+            engine.metrics.observe(200, time.monotonic() - request.state.started)
             return {"id": rid, "object": kind, "created": created, "model": name,
                     "choices": [choice(text, stream.finish_reason)], "usage": usage()}
 
         chunk_kind = f"{kind}.chunk" if chat else kind
-        cancelled = threading.Event()
 
         async def events():
             try:
@@ -239,10 +330,7 @@ def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning"
                     yield _sse({"id": rid, "object": chunk_kind, "created": created, "model": name,
                                 "choices": [choice(None, None, first=True)]})
                     first = False
-                async for piece in engine.run(stream, cancelled):
-                    if await request.is_disconnected():
-                        cancelled.set()
-                        return
+                async for piece in engine.run(answer, request):
                     yield _sse({"id": rid, "object": chunk_kind, "created": created, "model": name,
                                 "choices": [choice(piece, None, first)]})
                     first = False
@@ -250,7 +338,8 @@ def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning"
                             "choices": [choice(None, stream.finish_reason)], "usage": usage()})
                 yield "data: [DONE]\n\n"
             finally:
-                cancelled.set()
+                answer.seq.cancel()
+                engine.metrics.observe(200, time.monotonic() - request.state.started)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -262,8 +351,9 @@ def _sse(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
-    return JSONResponse(status_code=status,
+def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+           headers: dict[str, str] | None = None):
+    return JSONResponse(status_code=status, headers=headers,
                         content={"error": {"message": message, "type": kind, "param": param, "code": None}})
 
 
@@ -276,6 +366,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=256,
                         help="answer length when a request does not say (default: %(default)s)")
+    parser.add_argument("--max-batch-size", type=int, default=8,
+                        help="requests decoded together; more wait in the queue (default: %(default)s)")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="requests waiting for a row; beyond, 429 with Retry-After (default: %(default)s)")
+    parser.add_argument("--request-timeout", type=float, default=600.0,
+                        help="seconds a request may generate; then its answer ends as it is (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="the server's log (default: %(default)s)")
 
@@ -300,6 +396,6 @@ def run(args: argparse.Namespace) -> None:
 
     model, style = model_for_generation(args)
     name = args.name or served_name(args.model)
-    app = create_app(model, style, name, args.max_tokens)
+    app = create_app(model, style, name, args.max_tokens, args.max_batch_size, args.max_queue, args.request_timeout)
     print(f"serving {name} ({style.name} prompts) on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ from tqdm.auto import tqdm
 from gpt2_lightning.data.prompts import PromptStyle, get_style
 from gpt2_lightning.data.records import load_records
 from gpt2_lightning.errors import DataError
-from gpt2_lightning.generation.sampling import generate_batch, sampling_generator
+from gpt2_lightning.generation.engine import BatchEngine, Generation
+from gpt2_lightning.generation.sampling import sampling_generator
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.tokenizer import decode, encode
@@ -38,13 +40,24 @@ class GenerationSettings:
 def answer_batch(model: GPTModel, records: Sequence[dict], style: str | PromptStyle = "alpaca",
                  settings: GenerationSettings = GenerationSettings(),
                  generator: torch.Generator | None = None) -> list[str]:
-    """The model's extracted answers to ``records``, generated as one batch."""
+    """The model's extracted answers to ``records``, generated together by a ``BatchEngine``
+    of ``settings.batch_size`` rows (each answer is what the prompt would get alone)."""
     style = get_style(style)
     keep = max(1, model.cfg.context_length - settings.max_new_tokens)  # room to answer
     prompts = [encode(style.prompt(record))[-keep:] for record in records]
-    new = generate_batch(model, prompts, settings.max_new_tokens, settings.temperature, settings.top_k,
-                         settings.top_p, generator=generator)
-    return [style.answer(decode(ids)) for ids in new]
+    if not prompts:
+        return []
+    answers: list[list[int]] = [[] for _ in prompts]
+    done = threading.Semaphore(0)
+    length = min(model.cfg.context_length, max(map(len, prompts)) + settings.max_new_tokens)
+    with BatchEngine(model, settings.batch_size, max_queue=len(prompts), max_length=length) as engine:
+        for ids, answer in zip(prompts, answers):
+            engine.submit(Generation(ids, settings.max_new_tokens, on_token=answer.append,
+                                     on_finish=lambda reason: done.release(), temperature=settings.temperature,
+                                     top_k=settings.top_k, top_p=settings.top_p, generator=generator))
+        for _ in prompts:
+            done.acquire()
+    return [style.answer(decode(ids)) for ids in answers]
 
 
 def _read_json(path: Path):

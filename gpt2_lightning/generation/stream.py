@@ -1,65 +1,88 @@
-"""Generated text streamed piece by piece, cut at stop strings (chat and serve)."""
+"""Generated text piece by piece, cut at stop strings; and a ``BatchEngine`` generation
+consumed that way (chat, respond, serve)."""
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator, Sequence
 
 import torch
 
 from gpt2_lightning.data.prompts import cut_at_stop
-from gpt2_lightning.generation.sampling import stream_tokens
-from gpt2_lightning.model.gpt import GPTModel
-from gpt2_lightning.model.tokenizer import EOT_ID, decode
+from gpt2_lightning.generation.engine import BatchEngine, Generation
+from gpt2_lightning.model.tokenizer import decode
 
 
 class TextStream:
-    """Generated text in pieces, as tokens arrive, cut at the first stop string.
+    """The text of generated tokens, given one token at a time, cut at the first stop string.
 
     Text that might be the start of a stop string is held back until it is known not to
-    be, and a piece never ends inside a multi-byte character. After iteration,
-    ``finish_reason`` is ``"stop"`` (end-of-text or a stop string) or ``"length"``, and
-    ``text`` / ``n_tokens`` describe the whole answer.
+    be, and a piece never ends inside a multi-byte character. Once generation ends,
+    ``finish_reason`` is ``"stop"`` (end-of-text or a stop string), ``"length"`` or the
+    engine's other reasons, and ``text`` / ``n_tokens`` describe the whole answer.
     """
 
-    def __init__(self, model: GPTModel, prompt_ids: Sequence[int], max_new_tokens: int,
-                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                 stop: Sequence[str] = (), generator: torch.Generator | None = None):
-        self.model = model
+    def __init__(self, prompt_ids: Sequence[int], stop: Sequence[str] = ()):
         self.prompt_ids = list(prompt_ids)
-        self.max_new_tokens = max_new_tokens
-        self.sampling = (temperature, top_k, top_p)
         self.stop = tuple(s for s in stop if s)
-        self.generator = generator
         self.text = ""
         self.n_tokens = 0
         self.finish_reason: str | None = None
+        self._ids: list[int] = []
 
-    def __iter__(self) -> Iterator[str]:
-        device = next(self.model.parameters()).device
-        idx = torch.tensor([self.prompt_ids], device=device)
-        new: list[int] = []
-        self.finish_reason = "length"
-        for token in stream_tokens(self.model, idx, self.max_new_tokens, *self.sampling, generator=self.generator):
-            token = int(token)
-            if token == EOT_ID:
-                self.finish_reason = "stop"
-                break
-            new.append(token)
-            self.n_tokens = len(new)
-            text, stopped = cut_at_stop(decode(new).lstrip(), self.stop)
-            if stopped:
-                self.finish_reason = "stop"
-                yield from self._advance_to(text)
-                return
-            if not text.endswith("\ufffd"):  # else half a character: wait for its other bytes
-                yield from self._advance_to(text[:len(text) - self._held_back(text)])
-        yield from self._advance_to(cut_at_stop(decode(new).lstrip(), self.stop)[0])
+    def push(self, token: int) -> str:
+        """Add a generated token; return the text it adds (maybe none yet). After a stop
+        string, ``finish_reason`` is ``"stop"`` and later tokens add nothing."""
+        if self.finish_reason is not None:
+            return ""
+        self._ids.append(token)
+        self.n_tokens = len(self._ids)
+        text, stopped = cut_at_stop(decode(self._ids).lstrip(), self.stop)
+        if stopped:
+            self.finish_reason = "stop"
+            return self._advance_to(text)
+        if text.endswith("\ufffd"):  # half a character: wait for its other bytes
+            return ""
+        return self._advance_to(text[:len(text) - self._held_back(text)])
 
-    def _advance_to(self, text: str) -> Iterator[str]:
-        """Yield what ``text`` adds to the text shown so far."""
-        if len(text) > len(self.text):
-            piece, self.text = text[len(self.text):], text
-            yield piece
+    def end(self, reason: str) -> str:
+        """Generation ended for ``reason``; return the text held back until now."""
+        if self.finish_reason is not None:
+            return ""
+        self.finish_reason = reason
+        return self._advance_to(cut_at_stop(decode(self._ids).lstrip(), self.stop)[0])
+
+    def _advance_to(self, text: str) -> str:
+        """What ``text`` adds to the text shown so far."""
+        if len(text) <= len(self.text):
+            return ""
+        piece, self.text = text[len(self.text):], text
+        return piece
 
     def _held_back(self, text: str) -> int:
         return max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+def stream_answer(engine: BatchEngine, stream: TextStream, max_new_tokens: int, temperature: float = 0.0,
+                  top_k: int | None = None, top_p: float | None = None,
+                  generator: torch.Generator | None = None) -> Iterator[str]:
+    """Generate ``stream``'s answer on ``engine`` (waiting for room in its queue) and yield
+    its text in pieces. Leaving early (a stop string, Ctrl-C, closing the iterator) frees
+    the sequence's row at the engine's next step."""
+    arrived: queue.Queue = queue.Queue()
+    seq = Generation(stream.prompt_ids, max_new_tokens, on_token=arrived.put,
+                     on_finish=lambda reason: arrived.put(("end", reason)), temperature=temperature,
+                     top_k=top_k, top_p=top_p, generator=generator)
+    engine.submit(seq, block=True)
+    try:
+        while not isinstance(item := arrived.get(), tuple):
+            if piece := stream.push(item):
+                yield piece
+            if stream.finish_reason is not None:
+                return
+        if item[1] == "error":
+            raise RuntimeError("generation failed")
+        if piece := stream.end(item[1]):
+            yield piece
+    finally:
+        seq.cancel()

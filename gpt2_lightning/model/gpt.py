@@ -7,6 +7,7 @@ load with a key-for-key conversion (see ``gpt2_lightning.pretrained``).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -132,6 +133,14 @@ class KVCache:
 
     def advance(self, n_tokens: int) -> None:
         self.length += n_tokens
+
+    def rows(self, n: int) -> KVCache:
+        """The first ``n`` rows as a cache of their own that writes into this one."""
+        view = copy.copy(self)
+        view.keys = [k[:n] for k in self.keys]
+        view.values = [v[:n] for v in self.values]
+        view.pad_lengths = self.pad_lengths[:n] if self.pad_lengths is not None else None
+        return view
 
 
 class CausalSelfAttention(nn.Module):

@@ -1,0 +1,236 @@
+"""``BatchEngine``: one model decoding many sequences together (continuous batching).
+
+Sequences join the running batch at the next step and leave it, freeing their slot, when
+they finish; each has its own sampling settings, token limit, deadline and cancellation.
+All rows share one KV cache whose filled length ``L`` advances by one per step: a row's
+prompt sits right-aligned at ``L`` with its left padding masked out of attention and
+positions (as in ``generate_batch``), so every row computes what it would alone. A prompt
+longer than ``L`` shifts the others right; when ``L`` reaches the end of the cache, the
+rows shift left by the padding they all have.
+
+Generation runs on one thread of its own; ``submit`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from gpt2_lightning.generation.sampling import sample_next
+from gpt2_lightning.model.gpt import GPTModel, KVCache
+from gpt2_lightning.model.tokenizer import EOT_ID
+
+
+class QueueFull(Exception):
+    """The engine's queue holds as many sequences as it may; try again later."""
+
+
+@dataclass(eq=False)
+class Generation:
+    """One sequence to generate. ``on_token(id)`` receives each new token id and
+    ``on_finish(reason)`` is called once at the end, both on the engine's thread: reason is
+    ``"stop"`` (end-of-text), ``"length"`` (``max_new_tokens``), ``"cancelled"``,
+    ``"time_limit"`` or ``"error"``."""
+
+    prompt_ids: Sequence[int]
+    max_new_tokens: int
+    on_token: Callable[[int], None]
+    on_finish: Callable[[str], None]
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    generator: torch.Generator | None = None
+    deadline: float | None = None
+    """``time.monotonic()`` after which the sequence ends with ``"time_limit"``."""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    n_generated: int = 0
+    last_token: int = 0
+    finish_reason: str | None = None
+
+    def cancel(self) -> None:
+        """End the sequence at the engine's next step."""
+        self.cancelled.set()
+
+
+class BatchEngine:
+    def __init__(self, model: GPTModel, max_batch_size: int = 8, max_queue: int = 64,
+                 max_length: int | None = None, eos_id: int = EOT_ID):
+        """``max_length``: positions of the shared cache (default: the context length); a
+        prompt and its answer must fit in it."""
+        self.model = model.eval()
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.eos_id = eos_id
+        param = next(model.parameters())
+        self.device = param.device
+        self.cache = KVCache(model.cfg, max_batch_size, max_length, device=param.device, dtype=param.dtype,
+                             pad_lengths=torch.zeros(max_batch_size, dtype=torch.long))
+        self.rows: list[Generation] = []
+        self.waiting: collections.deque[Generation] = collections.deque()
+        self.generated_tokens = 0
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="batch-engine", daemon=True)
+        self._thread.start()
+
+    # --- the caller's side -----------------------------------------------------------------
+
+    def submit(self, seq: Generation, block: bool = False) -> Generation:
+        """Queue ``seq``; ``QueueFull`` when ``max_queue`` sequences wait already (unless ``block``)."""
+        limit = self.cache.max_length
+        if not 0 < len(seq.prompt_ids) < limit:
+            raise ValueError(f"a prompt needs 1 to {limit - 1} tokens, got {len(seq.prompt_ids)}")
+        seq.max_new_tokens = min(seq.max_new_tokens, limit - len(seq.prompt_ids))
+        with self._wake:
+            while block and len(self.waiting) >= self.max_queue and not self._closed:
+                self._wake.wait()
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self.waiting)} requests are waiting already")
+            self.waiting.append(seq)
+            self._wake.notify_all()
+        return seq
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rows)
+
+    def close(self) -> None:
+        """Stop the engine thread; what still runs or waits ends as ``"cancelled"``."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        self._thread.join()
+        for seq in [*self.rows, *self.waiting]:
+            seq.on_finish("cancelled")
+        self.rows, self.waiting = [], collections.deque()
+
+    def __enter__(self) -> BatchEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the engine's thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self.waiting and not self.rows and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                admitted = []
+                while self.waiting and len(self.rows) + len(admitted) < self.max_batch_size:
+                    admitted.append(self.waiting.popleft())
+                self._wake.notify_all()  # room in the queue for blocked submitters
+            with torch.inference_mode():
+                for seq in admitted:
+                    try:
+                        self._admit(seq)
+                    except Exception:  # one bad sequence ends alone; the batch goes on
+                        seq.finish_reason = "error"
+                        if seq not in self.rows:
+                            seq.on_finish("error")
+                self._drop_finished()
+                if self.rows:
+                    self._step()
+                    self._drop_finished()
+
+    def _admit(self, seq: Generation) -> None:
+        """Prefill ``seq``'s prompt alone, put its keys and values into a free row, emit its
+        first token."""
+        if seq.cancelled.is_set():
+            seq.on_finish("cancelled")
+            return
+        prompt = torch.tensor([list(seq.prompt_ids)], device=self.device)
+        own = self.model.new_cache(1, len(seq.prompt_ids))
+        logits = self.model(prompt, own)[:, -1]
+        length = self.cache.length if self.rows else 0
+        if len(seq.prompt_ids) > length:
+            self._shift(len(seq.prompt_ids) - length)
+            length = self.cache.length
+        row, start = len(self.rows), length - len(seq.prompt_ids)
+        for layer in range(self.model.cfg.n_layers):
+            self.cache.keys[layer][row, :, start:length] = own.keys[layer][0]
+            self.cache.values[layer][row, :, start:length] = own.values[layer][0]
+        self.cache.pad_lengths[row] = start
+        self.cache.length = length
+        self.rows.append(seq)
+        self._emit(seq, logits)
+
+    def _shift(self, offset: int) -> None:
+        """Move every row's keys and values ``offset`` positions (right if positive) and grow
+        or shrink their padding and the filled length to match."""
+        n, length = len(self.rows), self.cache.length
+        if n:
+            for tensors in (self.cache.keys, self.cache.values):
+                for t in tensors:
+                    moved = t[:n, :, max(0, -offset):length].clone()
+                    t[:n, :, max(0, offset):max(0, offset) + moved.shape[2]] = moved
+            self.cache.pad_lengths[:n] += offset
+        self.cache.length = length + offset
+
+    def _step(self) -> None:
+        """One token for every row."""
+        if self.cache.length == self.cache.max_length:  # every row still running has left padding
+            self._shift(-int(self.cache.pad_lengths[:len(self.rows)].min()))
+        n = len(self.rows)
+        view = self.cache.rows(n)
+        tokens = torch.tensor([[seq.last_token] for seq in self.rows], device=self.device)
+        logits = self.model(tokens, view)[:, -1]
+        self.cache.length = view.length
+        for i, seq in enumerate(self.rows):
+            try:
+                self._emit(seq, logits[i:i + 1])
+            except Exception:  # a consumer that failed ends its own sequence only
+                seq.finish_reason = "error"
+
+    def _emit(self, seq: Generation, logits: torch.Tensor) -> None:
+        token = int(sample_next(logits, seq.temperature, seq.top_k, seq.top_p, seq.generator))
+        seq.last_token = token
+        if token == self.eos_id:
+            seq.finish_reason = "stop"
+            return
+        seq.n_generated += 1
+        self.generated_tokens += 1
+        seq.on_token(token)
+        if seq.n_generated >= seq.max_new_tokens:
+            seq.finish_reason = "length"
+
+    def _drop_finished(self) -> None:
+        """End the rows that finished, were cancelled or ran out of time; move the last rows
+        into the freed slots so that the running rows stay the first ones."""
+        now = time.monotonic()
+        keep = []
+        for seq in self.rows:
+            reason = seq.finish_reason
+            if reason is None and seq.cancelled.is_set():
+                reason = "cancelled"
+            elif reason is None and seq.deadline is not None and now >= seq.deadline:
+                reason = "time_limit"
+            if reason is None:
+                keep.append(seq)
+            else:
+                seq.finish_reason = reason
+                seq.on_finish(reason)
+        if len(keep) == len(self.rows):
+            return
+        order = [self.rows.index(seq) for seq in keep]
+        if order != list(range(len(keep))):
+            index = torch.tensor(order, device=self.device)
+            for tensors in (self.cache.keys, self.cache.values):
+                for t in tensors:
+                    t[:len(keep)] = t[index]
+            self.cache.pad_lengths[:len(keep)] = self.cache.pad_lengths[index.to(self.cache.pad_lengths.device)]
+        self.rows = keep
+        if not keep:
+            self.cache.length = 0

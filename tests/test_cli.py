@@ -75,7 +75,7 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     scalars = read_scalars(run_dir / "tensorboard")
     assert scalars["train_loss"][-1][1] < scalars["train_loss"][0][1]
-    assert "model: mini, 11.5M parameters, precision " in (run_dir / "train.log").read_text()
+    assert "model: mini, 11.5M parameters (11.48M trainable), precision " in (run_dir / "train.log").read_text()
     assert sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file()) < 300e6
 
 

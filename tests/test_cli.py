@@ -39,8 +39,8 @@ def test_config_errors_stop_before_any_work(tmp_path):
     assert result.returncode == 2 and "error: data.batch_size must be at least 1, got 0" in result.stderr
     result = run_train_py(*TINY, "data.split=[0.5,0.2,0.2]", f"hydra.run.dir={tmp_path / 'b'}")
     assert result.returncode == 2 and "must be 3 non-negative numbers summing to 1" in result.stderr
-    result = run_train_py(*TINY, "data.prompt_style=chatml", f"hydra.run.dir={tmp_path / 'c'}")
-    assert result.returncode == 2 and "unknown prompt style 'chatml'" in result.stderr
+    result = run_train_py(*TINY, "data.prompt_style=vicuna", f"hydra.run.dir={tmp_path / 'c'}")
+    assert result.returncode == 2 and "unknown prompt style 'vicuna'" in result.stderr
     result = run_train_py(*TINY, "model=gpt2-huge", f"hydra.run.dir={tmp_path / 'd'}")
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: In 'train.yaml': Could not find 'model/gpt2-huge'; Available options in 'model': "

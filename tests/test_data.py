@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,16 @@ from gpt2_lightning.model.tokenizer import EOT_ID, encode
 from tests.conftest import REPO_ROOT
 
 E, X = EOT_ID, -100
-BATCH = [([1, 2, 3], [4, 5]), ([6], [7])]
+
+
+def example(prompt, response, mask_prompt=False):
+    """An example as the dataset holds it: ids closed by end-of-text, and which are scored."""
+    return (np.array(prompt + response + [E], dtype=np.uint16),
+            np.array([not mask_prompt] * len(prompt) + [True] * (len(response) + 1)))
+
+
+BATCH = [example([1, 2, 3], [4, 5]), example([6], [7])]
+MASKED = [example([1, 2, 3], [4, 5], mask_prompt=True), example([6], [7], mask_prompt=True)]
 
 
 def test_collator_pads_shifts_and_ignores_padding():
@@ -20,7 +30,7 @@ def test_collator_pads_shifts_and_ignores_padding():
 
 
 def test_collator_masks_the_prompt():
-    batch = InstructionCollator(mask_prompt=True)(BATCH)
+    batch = InstructionCollator()(MASKED)
     assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5], [6, 7, E, E, E]]
     assert batch["targets"].tolist() == [[X, X, 4, 5, E], [7, E, X, X, X]]
 
@@ -29,7 +39,7 @@ def test_collator_truncates_to_max_length():
     batch = InstructionCollator(max_length=3)(BATCH)
     assert batch["input_ids"].tolist() == [[1, 2, 3], [6, 7, E]]
     assert batch["targets"].tolist() == [[2, 3, 4], [7, E, X]]
-    masked = InstructionCollator(max_length=2, mask_prompt=True)(BATCH)
+    masked = InstructionCollator(max_length=2)(MASKED)
     assert masked["targets"].tolist() == [[X, X], [7, E]]
 
 
@@ -59,17 +69,19 @@ def test_collator_equals_the_reference_on_real_records(max_length):
     for start in range(0, len(dataset), 8):
         items = [dataset[i] for i in range(start, min(start + 8, len(dataset)))]
         ours = InstructionCollator(max_length=max_length)(items)
-        inputs, targets = reference_collate([p + r for p, r in items], allowed_max_length=max_length)
+        inputs, targets = reference_collate([ids[:-1].tolist() for ids, _ in items], allowed_max_length=max_length)
         assert torch.equal(ours["input_ids"], inputs) and torch.equal(ours["targets"], targets)
 
 
-def test_dataset_keeps_prompt_and_response_tokens_apart():
+def test_dataset_holds_prompt_response_and_end_of_text_and_masks_the_prompt_on_request():
     record = {"instruction": "Name a primary color.", "input": "", "output": "Red."}
-    dataset = InstructionDataset([record])
-    prompt, response = dataset[0]
-    assert prompt == encode(format_prompt(record)) and response == encode("Red.")
+    prompt, response = encode(format_prompt(record)), encode("Red.")
+    ids, scored = InstructionDataset([record])[0]
+    assert ids.tolist() == prompt + response + [E] and scored.all()
     assert prompt + response == encode(format_example(record))
-    assert dataset.lengths == [len(prompt) + len(response) + 1]
+    ids, scored = InstructionDataset([record], mask_prompt=True)[0]
+    assert scored.tolist() == [False] * len(prompt) + [True] * (len(response) + 1)
+    assert InstructionDataset([record]).lengths == [len(prompt) + len(response) + 1]
 
 
 def test_length_grouped_sampler_covers_every_index_once_per_epoch_and_is_seeded():
@@ -116,7 +128,7 @@ def test_datamodule_batches_the_sample_data():
     batches = list(dm.train_dataloader())
     assert len(batches) == 13
     assert sum(int((b["targets"] != X).sum()) for b in batches) == \
-        sum(len(r) + 1 for _, r in dm.datasets["train"])  # response tokens + end-of-text
+        sum(int(scored[1:].sum()) for _, scored in dm.datasets["train"])  # response tokens + end-of-text
     assert sum(len(b["input_ids"]) for b in dm.val_dataloader()) == 3
 
 

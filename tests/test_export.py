@@ -114,9 +114,9 @@ def test_hf_chat_template_renders_the_prompt_style(exported, tmp_path, style):
         rendered = tokenizer.apply_chat_template(messages([], record["instruction"]), tokenize=False,
                                                  add_generation_prompt=True)
         assert rendered == format_prompt(record, style)
-    rendered = tokenizer.apply_chat_template(messages(CONVERSATION, "Last one"), tokenize=False,
-                                             add_generation_prompt=True)
-    assert rendered == get_style(style).conversation(CONVERSATION, "Last one")
+    with_system = [{"role": "system", "content": "Answer in one line."}, *messages(CONVERSATION, "Last one")]
+    rendered = tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=True)
+    assert rendered == get_style(style).render(with_system)
 
 
 def test_hf_generate_gives_the_projects_greedy_tokens_and_stops_at_end_of_text(tmp_path):
@@ -231,11 +231,12 @@ def test_ollama_modelfile_template_renders_the_prompt_style_in_go(exported, tmp_
     assert stops == list(get_style(style).stop_strings)
     (tmp_path / "render.go").write_text(GO_RENDER)
     (tmp_path / "template").write_text(template)
-    for history, instruction in (([], "Only one\n"), (CONVERSATION, "Last one")):
+    system = [{"role": "system", "content": "Answer in one line."}]
+    for conversation in (messages([], "Only one\n"), system + messages(CONVERSATION, "Last one")):
         rendered = subprocess.run(["go", "run", str(tmp_path / "render.go"), str(tmp_path / "template")],
-                                  input=json.dumps(messages(history, instruction)), capture_output=True,
+                                  input=json.dumps(conversation), capture_output=True,
                                   text=True, timeout=300, check=True).stdout
-        assert rendered == get_style(style).conversation(history, instruction)
+        assert rendered == get_style(style).render(conversation)
 
 
 # --- the command -------------------------------------------------------------------------------

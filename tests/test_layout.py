@@ -102,21 +102,35 @@ def test_setup_cfg_ships_every_subpackage_the_configs_and_the_sample_data():
     assert setup["options.entry_points"]["console_scripts"].split() == ["gpt2", "=", "gpt2_lightning.apps.cli:main"]
 
 
-def test_every_package_the_library_imports_is_declared():
+def imported_packages(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"gpt2_lightning"}
+
+
+def declared(requirements: str) -> set[str]:
+    return {re.split(r"[<>=!~ ;\[]", line.strip())[0].lower() for line in requirements.splitlines()
+            if line.strip() and not line.strip().startswith("#")}
+
+
+def test_every_package_the_library_imports_is_declared_and_optional_ones_load_late():
     import importlib.metadata
 
-    imported = set()
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                imported |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - {"gpt2_lightning"}
-    distributions = importlib.metadata.packages_distributions()
     setup = configparser.ConfigParser()
     setup.read(REPO_ROOT / "setup.cfg")
-    declared = {re.split(r"[<>=!~ ;\[]", line.strip())[0].lower()
-                for line in setup["options"]["install_requires"].splitlines() if line.strip()}
-    undeclared = {name for name in third_party if not {d.lower() for d in distributions[name]} & declared}
-    assert undeclared == set()
+    core = declared(setup["options"]["install_requires"])
+    optional = set().union(*(declared(v) for k, v in setup["options.extras_require"].items() if k != "dev"))
+    distributions = importlib.metadata.packages_distributions()
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        top_level = imported_packages(ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))],
+                                                 type_ignores=[]))
+        for name in imported_packages(tree):
+            provided = {d.lower() for d in distributions[name]}
+            assert provided & (core | optional), f"{path.name} imports {name}, declared nowhere"
+            if not provided & core:  # an extra's package: imported where it is used, with a clear error
+                assert name not in top_level, f"{path.name} imports the optional {name} at the top"

@@ -33,17 +33,23 @@ def test_extract_response_drops_prompt_header_and_next_turn(style):
 
 
 def test_unknown_style_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown prompt style 'chatml'; choose one of alpaca, phi3"):
-        format_prompt(NO_INPUT, "chatml")
+    with pytest.raises(ValueError, match="unknown prompt style 'vicuna'; choose one of alpaca, phi3, chatml"):
+        format_prompt(NO_INPUT, "vicuna")
 
 
-def test_conversation_keeps_history_only_where_the_style_has_turns():
+def test_conversations_render_system_turns_and_turn_ends_per_style():
     history = [("Hi", "Hello!")]
-    assert format_prompt({"instruction": "Bye"}, "alpaca") == \
-        get_style("alpaca").conversation(history, "Bye")
-    phi3 = get_style("phi3")
-    assert phi3.conversation(history, "Bye") == \
-        "<|user|>\nHi\n\n<|assistant|>\nHello!\n<|user|>\nBye\n\n<|assistant|>\n"
+    alpaca = get_style("alpaca")
+    assert alpaca.conversation(history, "Bye") == \
+        format_prompt({"instruction": "Hi"}) + "Hello!<|endoftext|>" + format_prompt({"instruction": "Bye"})
+    assert get_style("phi3").conversation(history, "Bye", system="Be brief.") == \
+        "<|system|>\nBe brief.<|end|>\n<|user|>\nHi\n\n<|assistant|>\nHello!<|end|>\n<|user|>\nBye\n\n<|assistant|>\n"
+    assert get_style("chatml").conversation(history, "Bye") == \
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n" \
+        "<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+    # A single-turn conversation is exactly the Alpaca record's prompt and response.
+    messages = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Red."}]
+    assert alpaca.render(messages) == format_example({"instruction": "Name a color.", "output": "Red."})
 
 
 MADE_UP_TURN = {"alpaca": "Red.\n\n### Instruction:\nName another.\n\n### Response:\nBlue.",

@@ -102,9 +102,18 @@ def test_records_in_another_shape_get_the_fields_to_set(tmp_path):
     assert load_records(path, FieldNames(instruction="prompt", output="completion"))[0]["output"] == "Red."
 
 
-@pytest.mark.parametrize("name", ["data.csv", "data.parquet", "data.TXT"])
+@pytest.mark.parametrize("name", ["data.TXT", "data.xlsx"])
 def test_a_file_of_another_format_says_which_formats_are_read(tmp_path, name):
     path = tmp_path / name
     path.write_text("instruction,output\nName a color.,Red.\n")
-    with pytest.raises(DataError, match=r"records are read from a JSON array \(\.json\) or JSON Lines \(\.jsonl\)"):
+    with pytest.raises(DataError, match=r"records are read from a JSON array \(\.json\), JSON Lines \(\.jsonl\), "
+                                        r"CSV \(\.csv\), Parquet \(\.parquet\), a saved Hugging Face dataset folder"):
+        load_records(path)
+
+
+def test_a_file_that_is_not_what_its_name_says_is_one_line(tmp_path):
+    pytest.importorskip("datasets")
+    path = tmp_path / "data.parquet"
+    path.write_text("instruction,output\nName a color.,Red.\n")
+    with pytest.raises(DataError, match=r"data.parquet: cannot read it \(Parquet magic bytes not found"):
         load_records(path)

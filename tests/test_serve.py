@@ -90,7 +90,9 @@ def test_models_and_health(server):
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, 400, "temperature: Input should be less"),
     ({"messages": [{"role": "user", "content": "x"}], "top_p": 0}, 400, "top_p: Input should be greater"),
     ({"messages": []}, 400, "messages: List should have at least 1 item"),
-    ({"messages": [{"role": "assistant", "content": "x"}]}, 400, "the last message must come from the user"),
+    ({"messages": [{"role": "assistant", "content": "x"}]}, 400, "an assistant turn must follow a user turn"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, 400,
+     "the conversation must end with a user turn"),
     ({"messages": [{"role": "user", "content": "word " * 400}]}, 400, "context is 256 tokens"),
 ])
 def test_bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(server, body, status, message):

@@ -31,6 +31,8 @@ from pydantic import BaseModel, Field, field_validator
 
 from gpt2_lightning.apps.inference import add_model_arguments, model_for_generation
 from gpt2_lightning.data.prompts import PromptStyle
+from gpt2_lightning.data.records import check_messages
+from gpt2_lightning.errors import DataError
 from gpt2_lightning.generation.engine import BatchEngine, Generation, QueueFull
 from gpt2_lightning.generation.sampling import sampling_generator
 from gpt2_lightning.generation.stream import TextStream
@@ -169,21 +171,14 @@ class Generator:
         self.served = 0
 
     def chat_prompt(self, messages: list[Message]) -> str:
-        system = " ".join(m.content for m in messages if m.role in ("system", "developer"))
-        turns = [m for m in messages if m.role in ("user", "assistant")]
-        if not turns or turns[-1].role != "user":
-            raise APIError(400, "the last message must come from the user", "messages")
-        history, question = [], None
-        for message in turns[:-1]:
-            if message.role == "user":
-                question = message.content
-            elif question is not None:
-                history.append((question, message.content))
-                question = None
-        instruction = turns[-1].content
-        if system:
-            instruction = f"{system}\n\n{instruction}"
-        return self.style.conversation(history, instruction)
+        """The prompt of a chat request: its conversation in the model's prompt style."""
+        conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
+                        for m in messages if m.role in ("system", "developer", "user", "assistant")]
+        try:
+            check_messages(conversation, "messages", answered=False)
+        except DataError as err:
+            raise APIError(400, str(err), "messages") from None
+        return self.style.render(conversation)
 
     def answer(self, prompt: str, request: SamplingRequest, stop: list[str]) -> Answer:
         """``request``'s answer, queued in the engine; a 429 when the queue is full."""

@@ -2,28 +2,50 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import urllib.parse
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader
 
 from gpt2_lightning.data.dataset import InstructionCollator, InstructionDataset
 from gpt2_lightning.data.prompts import get_style
-from gpt2_lightning.data.records import FieldNames, load_records, split_records
+from gpt2_lightning.data.records import HUB_PREFIX, FieldNames, load_records, split_records
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler
 from gpt2_lightning.errors import ConfigError, DataError
 from gpt2_lightning.fetch import download
+from gpt2_lightning.io import atomic_write
 from gpt2_lightning.resources import cache_dir
+
+TOKENS_VERSION = 1  # the layout of cached token files; bump it when that changes
+
+
+def _read_tokens(path: Path) -> dict[str, np.ndarray] | None:
+    """A token cache file's arrays; None (tokenise again) if it cannot be read."""
+    try:
+        with np.load(path) as arrays:
+            tokens = {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    expected = {f"{split}_{k}" for split in ("train", "val", "test") for k in ("ids", "scored", "offsets")}
+    return tokens if set(tokens) == expected else None
 
 
 @dataclass
 class InstructionDataModule(L.LightningDataModule):
-    """Alpaca-style instruction data: download, validate, format, split, batch."""
+    """Instruction data (Alpaca records or conversations): download, validate, format,
+    split, tokenise (once: cached), batch."""
 
     path: str | None = None
-    """JSON array or JSON Lines file of records; None: the dataset at ``url``."""
+    """JSON array or JSON Lines file of records or conversations; a CSV or Parquet file, a
+    saved Hugging Face dataset folder, or ``hf://NAME`` on the hub (through ``datasets``);
+    None: the dataset at ``url``."""
     url: str | None = None
     """With no ``path``: the dataset downloaded once into ``download_dir`` (never to a ``path``
     of the user's: a mistyped name is an error, not a download)."""
@@ -31,6 +53,12 @@ class InstructionDataModule(L.LightningDataModule):
     """Where ``url`` is downloaded to (default: ``data/`` of the user cache)."""
     prompt_style: str = "alpaca"
     """A name in ``gpt2_lightning.data.prompts.PROMPT_STYLES``."""
+    format: str = "auto"
+    """``alpaca``, ``messages`` (OpenAI) or ``sharegpt``; ``auto``: told by the first record."""
+    hf_split: str = "train"
+    """The split of a hub dataset (or saved dataset folder) to read."""
+    hf_subset: str | None = None
+    """The subset (configuration) of a hub dataset that has several."""
     fields: FieldNames = field(default_factory=FieldNames)
     """Record keys of instruction, input and output."""
     split: tuple[float, float, float] = (0.85, 0.05, 0.10)
@@ -44,7 +72,12 @@ class InstructionDataModule(L.LightningDataModule):
     max_length: int | None = None
     """Cut sequences to this many tokens (set to the model's context length when None)."""
     mask_prompt: bool = False
-    """Leave prompt tokens out of the loss."""
+    """Alpaca records: leave prompt tokens out of the loss."""
+    train_on: str = "assistant"
+    """Conversations: score the answers and their turn ends (``assistant``) or every token (``all``)."""
+    token_cache_dir: str | None = None
+    """Where tokenised splits are kept, keyed by the file's content and every setting that
+    shapes them, so the next run with the same data skips tokenising; None: not kept."""
     drop_last: bool = False
     """Drop the last, smaller training batch of each epoch (as the reference does)."""
     group_by_length: bool = False
@@ -87,12 +120,31 @@ class InstructionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        if not self.data_file().is_file():
-            raise DataError(f"{self.data_file()}: no such file (give data.path an existing file of records)")
-        records = load_records(self.data_file(), self.fields)
+        source = self.path if self.path is not None and self.path.startswith(HUB_PREFIX) else self.data_file()
+        if isinstance(source, Path) and not source.exists():
+            raise DataError(f"{source}: no such file (give data.path an existing file of records)")
+        records = load_records(source, self.fields, self.format, self.hf_split, self.hf_subset)
         splits = split_records(records, self.split, self.shuffle_before_split, self.seed)
-        self.datasets = {name: InstructionDataset(part, self.style)
-                         for name, part in zip(("train", "val", "test"), splits)}
+        cache = self._token_cache(records) if self.token_cache_dir else None
+        cached = _read_tokens(cache) if cache is not None and cache.is_file() else None
+        self.datasets = {}
+        for name, part in zip(("train", "val", "test"), splits):
+            tokens = tuple(cached[f"{name}_{k}"] for k in ("ids", "scored", "offsets")) if cached else None
+            self.datasets[name] = InstructionDataset(part, self.style, self.mask_prompt, self.train_on, tokens)
+        if cache is not None and cached is None:
+            buffer = io.BytesIO()
+            np.savez(buffer, **{f"{name}_{k}": getattr(d, k) for name, d in self.datasets.items()
+                                for k in ("ids", "scored", "offsets")})
+            with atomic_write(cache, binary=True) as f:
+                f.write(buffer.getvalue())
+
+    def _token_cache(self, records: list) -> Path:
+        """Where the tokenised splits of these records under these settings are kept."""
+        content = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+        settings = json.dumps([content, repr(self.style), self.format, asdict(self.fields),
+                               self.mask_prompt, self.train_on, list(self.split), self.shuffle_before_split,
+                               self.seed, TOKENS_VERSION])
+        return Path(self.token_cache_dir) / f"{hashlib.sha256(settings.encode()).hexdigest()[:32]}.npz"
 
     def state_dict(self) -> dict[str, int]:
         """Where the training data stands (saved in checkpoints): a resumed run continues
@@ -121,7 +173,7 @@ class InstructionDataModule(L.LightningDataModule):
         if train:  # Lightning may build this loader more than once (e.g. to count steps)
             sampler.resume_at = self._resume_at
         return DataLoader(dataset, batch_sampler=sampler,
-                          collate_fn=InstructionCollator(self.max_length, self.mask_prompt),
+                          collate_fn=InstructionCollator(self.max_length),
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 

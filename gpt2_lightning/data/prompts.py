@@ -12,20 +12,25 @@ from dataclasses import dataclass
 
 from gpt2_lightning.errors import ConfigError
 
+EOT_TEXT = "<|endoftext|>"
+
 
 @dataclass(frozen=True)
 class PromptStyle:
     name: str
     header: str
-    """Text before the instruction."""
+    """Text before the instruction (a user turn)."""
     input_prefix: str
     """Text before the optional ``input`` (omitted with it when the input is empty)."""
     response_header: str
     """Text that ends the prompt; the answer follows it."""
     stop_strings: tuple[str, ...]
     """Generated text is cut at the first of these (the model starting a new turn)."""
-    multi_turn: bool = False
-    """Earlier turns can precede the prompt (chat history)."""
+    turn_end: str = EOT_TEXT
+    """What closes an answer that more turns follow (the last answer of a training example
+    ends with ``<|endoftext|>``)."""
+    system_format: str = "{system}\n\n"
+    """How a system message is written, ``{system}`` standing for its text."""
 
     def prompt(self, record: Mapping[str, str]) -> str:
         extra = f"{self.input_prefix}{record['input']}" if record.get("input") else ""
@@ -34,12 +39,34 @@ class PromptStyle:
     def response(self, record: Mapping[str, str]) -> str:
         return record["output"]
 
-    def conversation(self, history: Sequence[tuple[str, str]], instruction: str) -> str:
-        """The prompt for ``instruction`` after the ``(instruction, answer)`` turns of
-        ``history``; styles without turns see the instruction alone."""
-        turns = history if self.multi_turn else ()
-        earlier = "".join(f"{self.prompt({'instruction': q})}{a}\n" for q, a in turns)
-        return earlier + self.prompt({"instruction": instruction})
+    def segments(self, messages: Sequence[Mapping[str, str]]) -> list[tuple[str, bool]]:
+        """A conversation (``role`` system / user / assistant, ``content``; checked by
+        ``records.check_messages``) as text pieces, each with whether it is the model's own
+        (an answer and the end of its turn). The last answer, if the conversation ends with
+        one, is left open: a training example closes it with ``<|endoftext|>``."""
+        pieces = []
+        for index, message in enumerate(messages):
+            role, content = message["role"], message["content"]
+            if role == "system":
+                pieces.append((self.system_format.format(system=content), False))
+            elif role == "user":
+                pieces.append((self.prompt({"instruction": content}), False))
+            else:
+                pieces.append((content, True))
+                if index < len(messages) - 1:
+                    pieces.append((self.turn_end, True))
+        return pieces
+
+    def render(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """The text of a conversation; one that ends with a user turn ends where the answer starts."""
+        return "".join(text for text, _ in self.segments(messages))
+
+    def conversation(self, history: Sequence[tuple[str, str]], instruction: str, system: str | None = None) -> str:
+        """The prompt for ``instruction`` after the ``(instruction, answer)`` turns of ``history``."""
+        messages = [{"role": "system", "content": system}] if system else []
+        for question, answer in history:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return self.render([*messages, {"role": "user", "content": instruction}])
 
     def answer(self, generated: str) -> str:
         """The answer in text generated after a prompt: up to the first stop string (where
@@ -71,7 +98,7 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
                "appropriately completes the request.\n\n### Instruction:\n",
         input_prefix="\n\n### Input:\n",
         response_header="\n\n### Response:\n",
-        stop_strings=("### Instruction:", "### Input:", "### Response:", "<|endoftext|>"),
+        stop_strings=("### Instruction:", "### Input:", "### Response:", EOT_TEXT),
     ),
     # Microsoft Phi-3's chat turns.
     "phi3": PromptStyle(
@@ -79,8 +106,19 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
         header="<|user|>\n",
         input_prefix="\n",
         response_header="\n\n<|assistant|>\n",
-        stop_strings=("<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"),
-        multi_turn=True,
+        stop_strings=("<|user|>", "<|assistant|>", "<|end|>", EOT_TEXT),
+        turn_end="<|end|>\n",
+        system_format="<|system|>\n{system}<|end|>\n",
+    ),
+    # ChatML (OpenAI's chat markup), written as plain text: GPT-2 has no tokens for its markers.
+    "chatml": PromptStyle(
+        name="chatml",
+        header="<|im_start|>user\n",
+        input_prefix="\n\n",
+        response_header="<|im_end|>\n<|im_start|>assistant\n",
+        stop_strings=("<|im_end|>", "<|im_start|>", EOT_TEXT),
+        turn_end="<|im_end|>\n",
+        system_format="<|im_start|>system\n{system}<|im_end|>\n",
     ),
 }
 

@@ -1,7 +1,11 @@
-"""Instruction records: read a JSON array or JSON Lines file, validate, split.
+"""Instruction records and conversations: read a JSON array or JSON Lines file, validate, split.
 
-Every record comes out with the canonical fields ``instruction``, ``input`` (possibly
-empty) and ``output``; any other fields of the file are kept as they were.
+A file holds one format, told by its first record or by ``fmt``: Alpaca records
+(``instruction``, ``input``, ``output``), OpenAI ``messages`` (``role`` system / user /
+assistant, ``content``) or ShareGPT ``conversations`` (``from`` system / human / gpt,
+``value``). Alpaca records come out with the canonical fields ``instruction``, ``input``
+(possibly empty) and ``output``; conversations as ``messages`` in the OpenAI form. Any other
+fields of the file are kept as they were.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +35,30 @@ class FieldNames:
     """Accepted in place of ``output`` when that key is absent."""
 
 
-def load_records(path: str | os.PathLike, fields: FieldNames = FieldNames()) -> list[Record]:
-    """Validated records of a ``.json`` (array) or ``.jsonl`` file."""
+FORMATS = ("auto", "alpaca", "messages", "sharegpt")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+HUB_PREFIX = "hf://"
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
+
+
+def load_records(path: str | os.PathLike, fields: FieldNames = FieldNames(), fmt: str = "auto",
+                 hf_split: str = "train", hf_subset: str | None = None) -> list[Record]:
+    """Validated records in the format ``fmt`` (``auto``: told by the first record) of a
+    ``.json`` (array) or ``.jsonl`` file; through the ``datasets`` library, of a ``.csv`` or
+    ``.parquet`` file, a folder that ``Dataset.save_to_disk`` wrote, or ``hf://NAME`` on the
+    Hugging Face hub (its ``hf_split``, and ``hf_subset`` where it has several)."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    spec = os.fspath(path)
+    if spec.startswith(HUB_PREFIX) or Path(spec).suffix.lower() in TABLE_SUFFIXES or Path(spec).is_dir():
+        return validate_all(read_with_datasets(spec, hf_split, hf_subset), spec, fields, fmt)
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".json", ".jsonl", ""):  # before reading: a Parquet file is not text
-        raise DataError(f"{path}: a {suffix} file; records are read from a JSON array (.json) or "
-                        f"JSON Lines (.jsonl), one object per record")
+    if suffix not in (".json", ".jsonl", ""):  # before reading: a binary file is not text
+        raise DataError(f"{path}: a {suffix} file; records are read from a JSON array (.json), JSON Lines "
+                        f"(.jsonl), CSV (.csv), Parquet (.parquet), a saved Hugging Face dataset folder or hf://NAME")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -47,9 +70,140 @@ def load_records(path: str | os.PathLike, fields: FieldNames = FieldNames()) -> 
     if not text.strip():
         raise DataError(f"{path}: the file is empty, it holds no records")
     raw = _parse_jsonl(path, text) if suffix == ".jsonl" else _parse_json(path, text)
+    return validate_all(raw, path, fields, fmt)
+
+
+def validate_all(raw: list, path: Path | str, fields: FieldNames, fmt: str) -> list[Record]:
     if not raw:
         raise DataError(f"{path}: holds no records")
-    return [validate_record(item, path, index, fields) for index, item in enumerate(raw)]
+    if fmt == "auto":
+        fmt = record_format(raw[0])
+    if fmt == "alpaca":
+        return [validate_record(item, path, index, fields) for index, item in enumerate(raw)]
+    return [validate_conversation(item, path, index, fmt) for index, item in enumerate(raw)]
+
+
+def check_hub_reachable(spec: str, timeout: float = 5.0) -> None:
+    """Stop at once, not after the hub client's minute of retries, when the hub cannot be
+    reached; ``HF_HUB_OFFLINE=1`` reads the local Hugging Face cache instead."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as err:
+        raise DataError(f"{spec}: the Hugging Face hub ({host}) cannot be reached ({err.strerror or err}); "
+                        f"with no network, give data.path a local file, or set HF_HUB_OFFLINE=1 to read the "
+                        f"dataset from the Hugging Face cache") from None
+
+
+def read_with_datasets(spec: str, split: str, subset: str | None) -> list[dict]:
+    """The rows of a CSV / Parquet file, a saved dataset folder or a hub dataset, as dicts."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{spec}: reading it needs the datasets package: pip install 'gpt2-lightning[datasets]'") from None
+    datasets.disable_progress_bars()
+    try:
+        if spec.startswith(HUB_PREFIX):
+            check_hub_reachable(spec)
+            table = datasets.load_dataset(spec.removeprefix(HUB_PREFIX), subset, split=split)
+        elif Path(spec).is_dir():
+            table = datasets.load_from_disk(spec)
+            if isinstance(table, datasets.DatasetDict):
+                if split not in table:
+                    raise DataError(f"{spec}: no split {split!r}; it has {', '.join(table)} (data.hf_split)")
+                table = table[split]
+        else:
+            if not Path(spec).is_file():
+                raise DataError(f"{spec}: no such file")
+            table = datasets.load_dataset(TABLE_SUFFIXES[Path(spec).suffix.lower()], data_files=spec, split="train")
+    except DataError:
+        raise
+    except Exception as err:  # the hub unreachable, a name that does not exist, an unreadable file
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        hint = "; offline, save the dataset where there is network and give data.path the file" \
+            if spec.startswith(HUB_PREFIX) else ""
+        raise DataError(f"{spec}: cannot read it ({first}){hint}") from None
+    return table.to_list()
+
+
+def reference_answer(record: Record) -> str:
+    """The answer a record expects: an Alpaca record's output, a conversation's last answer."""
+    return record["messages"][-1]["content"] if "messages" in record else record["output"]
+
+
+def prompt_of(record: Record, style) -> str:
+    """What the model is asked to answer, as prompt text of ``style``: an Alpaca record's
+    prompt, a conversation up to its last answer."""
+    return style.render(record["messages"][:-1]) if "messages" in record else style.prompt(record)
+
+
+def record_format(item) -> str:
+    """The format a record is in: ``messages``, ``sharegpt`` or ``alpaca``."""
+    if isinstance(item, dict) and "messages" in item:
+        return "messages"
+    if isinstance(item, dict) and "conversations" in item:
+        return "sharegpt"
+    return "alpaca"
+
+
+def validate_conversation(item, path: Path | str, index: int, fmt: str) -> Record:
+    """A ``messages`` or ``sharegpt`` record as ``{"messages": [...], **other fields}``, or a
+    ``DataError`` naming the file, the record, the turn and the field."""
+    where = f"{path}: record {index}"
+    key, role_key, content_key = ("messages", "role", "content") if fmt == "messages" else \
+        ("conversations", "from", "value")
+    if not isinstance(item, dict) or key not in item:
+        got = f"fields {', '.join(map(str, item))}" if isinstance(item, dict) else f"a JSON {_json_type(item)}"
+        raise DataError(f"{where}: expected an object with '{key}' (a {fmt} file), got {got}")
+    turns = item[key]
+    if not isinstance(turns, list):
+        raise DataError(f"{where}: field '{key}' must be a list of turns, got a JSON {_json_type(turns)}")
+    messages = []
+    for number, turn in enumerate(turns):
+        at = f"{where}, turn {number}"
+        if not isinstance(turn, dict):
+            raise DataError(f"{at}: expected an object with '{role_key}' and '{content_key}', "
+                            f"got a JSON {_json_type(turn)}")
+        for field_name in (role_key, content_key):
+            if field_name not in turn:
+                raise DataError(f"{at}: missing field '{field_name}'")
+            if not isinstance(turn[field_name], str):
+                raise DataError(f"{at}: field '{field_name}' must be a string, got a JSON {_json_type(turn[field_name])}")
+        roles = SHAREGPT_ROLES if fmt == "sharegpt" else {r: r for r in ("system", "user", "assistant")}
+        if turn[role_key] not in roles:
+            raise DataError(f"{at}: field '{role_key}' is {turn[role_key]!r}; use one of {', '.join(roles)}")
+        messages.append({"role": roles[turn[role_key]], "content": turn[content_key]})
+    check_messages(messages, where, role_key, content_key)
+    return {"messages": messages, **{k: v for k, v in item.items() if k != key}}
+
+
+def check_messages(messages: Sequence[dict], where: str, role_key: str = "role", content_key: str = "content",
+                   answered: bool = True) -> None:
+    """A conversation is system messages first, then user and assistant turns in turn,
+    starting with the user, no turn empty; ``answered``: it ends with an answer (training
+    data), else with the user's turn (a prompt)."""
+    if not messages:
+        raise DataError(f"{where}: the conversation is empty")
+    expected = "user"
+    for number, message in enumerate(messages):
+        at = f"{where}, turn {number}"
+        role = message["role"]
+        if not message["content"].strip():
+            raise DataError(f"{at}: field '{content_key}' is empty")
+        if role == "system":
+            if number and messages[number - 1]["role"] != "system":
+                raise DataError(f"{at}: a system message must come before the conversation's turns")
+            continue
+        if role != expected:
+            what = "an assistant turn must follow a user turn" if role == "assistant" else \
+                "a user turn must follow the answer to the previous one"
+            raise DataError(f"{at}: {what} (field '{role_key}')")
+        expected = "assistant" if role == "user" else "user"
+    last = "assistant" if answered else "user"
+    if messages[-1]["role"] != last:
+        raise DataError(f"{where}: the conversation must end with {'an assistant' if answered else 'a user'} turn")
 
 
 def _parse_json(path: Path, text: str) -> list:

@@ -10,15 +10,16 @@ from collections.abc import Sequence
 import requests
 
 from gpt2_lightning.data.prompts import get_style
+from gpt2_lightning.data.records import prompt_of, reference_answer
 from gpt2_lightning.errors import ConfigError, JudgeError
 
 
 def judge_prompt(record: dict) -> str:
     """The reference's scoring instruction."""
     alpaca = get_style("alpaca")
-    instruction = alpaca.prompt(record).removesuffix(alpaca.response_header)
+    instruction = prompt_of(record, alpaca).removesuffix(alpaca.response_header)
     return (f"Given the input `{instruction}` "
-            f"and correct output `{record['output']}`, score the model response "
+            f"and correct output `{reference_answer(record)}`, score the model response "
             f"`{record['model_response']}` on a scale from 0 to 100, where 100 is the best score. "
             f"Respond with the integer number only.")
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from gpt2_lightning.data.records import reference_answer
 from gpt2_lightning.errors import DataError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -44,14 +45,15 @@ def exact_match(prediction: str, reference: str) -> bool:
 
 
 def score_responses(records: Sequence[dict]) -> dict:
-    """Mean exact match and ROUGE-L of ``model_response`` against ``output``."""
+    """Mean exact match and ROUGE-L of ``model_response`` against the reference answer
+    (``output``; a conversation's last answer)."""
     n = len(records)
     if n == 0:
         return {"n": 0, "exact_match": 0.0, "rouge_l": 0.0}
     return {
         "n": n,
-        "exact_match": sum(exact_match(r["model_response"], r["output"]) for r in records) / n,
-        "rouge_l": sum(rouge_l(r["model_response"], r["output"]) for r in records) / n,
+        "exact_match": sum(exact_match(r["model_response"], reference_answer(r)) for r in records) / n,
+        "rouge_l": sum(rouge_l(r["model_response"], reference_answer(r)) for r in records) / n,
         "empty_responses": sum(not r["model_response"].strip() for r in records),
     }
 
@@ -66,8 +68,8 @@ def read_responses(path: Path) -> list[dict]:
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON array of records")
     for index, record in enumerate(records):
-        for field in ("output", "model_response"):
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+        for field in ("messages" if isinstance(record, dict) and "messages" in record else "output", "model_response"):
+            if not isinstance(record, dict) or not isinstance(record.get(field), str if field != "messages" else list):
                 raise DataError(f"{path}: record {index}: field '{field}' missing or not a string")
     return records
 

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gpt2_lightning.data.prompts import PromptStyle, get_style
-from gpt2_lightning.data.records import load_records
+from gpt2_lightning.data.records import load_records, prompt_of
 from gpt2_lightning.errors import DataError
 from gpt2_lightning.generation.engine import BatchEngine, Generation
 from gpt2_lightning.generation.sampling import sampling_generator
@@ -44,7 +44,7 @@ def answer_batch(model: GPTModel, records: Sequence[dict], style: str | PromptSt
     of ``settings.batch_size`` rows (each answer is what the prompt would get alone)."""
     style = get_style(style)
     keep = max(1, model.cfg.context_length - settings.max_new_tokens)  # room to answer
-    prompts = [encode(style.prompt(record))[-keep:] for record in records]
+    prompts = [encode(prompt_of(record, style))[-keep:] for record in records]
     if not prompts:
         return []
     answers: list[list[int]] = [[] for _ in prompts]

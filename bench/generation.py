@@ -58,16 +58,15 @@ def main() -> None:
 
 def answer_split(model) -> None:
     from gpt2_lightning.data.records import load_records, split_records
-    from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
+    from gpt2_lightning.generation.respond import GenerationSettings, answers_as_they_finish
 
     seed = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
     test = split_records(load_records(seed))[2]
     for batch_size in (1, 8, 16):
         settings = GenerationSettings(max_new_tokens=64, batch_size=batch_size)
 
-        def answer_all():
-            for start in range(0, len(test), batch_size):
-                answer_batch(model, test[start:start + batch_size], "alpaca", settings)
+        def answer_all():  # as gpt2 respond does: rows take the next record as they free up
+            list(answers_as_they_finish(model, test, "alpaca", settings))
 
         stats = timeit(answer_all, repeats=1, warmup=0)
         print(f"test split (110 records, <=64 new tokens), batch {batch_size:2d}: {fmt(stats)}")

@@ -131,14 +131,18 @@ def test_respond_answers_a_conversations_last_turn_and_scores_it(tmp_path, tiny_
     assert load_model(tiny_export)  # the fixture's model is unused: the scripted one answers
 
 
-def test_a_tiny_model_trains_on_conversations_with_the_real_trainer(tmp_path):
+def test_a_run_on_conversations_trains_answers_and_scores_the_test_split(tmp_path):
     from gpt2_lightning.apps.train import run
     from tests.conftest import TINY_RUN, compose_train
 
     data = write(tmp_path / "chats.json", [{"conversations": SHAREGPT}] * 30)
     run(compose_train(tmp_path / "run", *TINY_RUN, f"data.path={data}", "data.prompt_style=chatml",
-                      "trainer.max_steps=3", "test=true", f"data.token_cache_dir={tmp_path / 'tokens'}"))
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+                      "trainer.max_steps=3", "test=true", "respond=true", "generation.max_new_tokens=4",
+                      f"data.token_cache_dir={tmp_path / 'tokens'}"))
+    responses = json.loads((tmp_path / "run" / "responses.json").read_text())
+    assert len(responses) == 3 and all(r["messages"] == CONVERSATION and "model_response" in r for r in responses)
+    scores = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert scores["n"] == 3 and "test_loss" in scores
 
 
 # --- other files and the hub, through the datasets library -------------------------------------

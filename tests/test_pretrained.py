@@ -103,3 +103,15 @@ def test_hub_urls_of_the_four_sizes():
     assert hub_url("gpt2-small") == hub_url("gpt2") == \
         "https://huggingface.co/openai-community/gpt2/resolve/main/model.safetensors"
     assert hub_url("gpt2-xl").endswith("/openai-community/gpt2-xl/resolve/main/model.safetensors")
+
+
+def test_a_model_takes_the_loaded_tensors_themselves_without_a_random_init():
+    from gpt2_lightning.model.pretrained import model_with_weights
+
+    cfg = GPTConfig(vocab_size=50257, context_length=32, emb_dim=16, n_layers=1, n_heads=2)
+    state = {k: torch.randn_like(v) for k, v in GPTModel(cfg).state_dict().items()}
+    state["out_head.weight"] = state["tok_emb.weight"]
+    model = model_with_weights(cfg, state, "test")
+    assert all(p.data_ptr() == state[name].data_ptr() for name, p in model.named_parameters())
+    assert model.out_head.weight is model.tok_emb.weight  # still tied, one parameter
+    assert len(list(model.parameters())) == len(state) - 1

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
-from collections.abc import Sequence
+import queue
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,27 +37,42 @@ class GenerationSettings:
     seed: int = 123
 
 
-def answer_batch(model: GPTModel, records: Sequence[dict], style: str | PromptStyle = "alpaca",
-                 settings: GenerationSettings = GenerationSettings(),
-                 generator: torch.Generator | None = None) -> list[str]:
-    """The model's extracted answers to ``records``, generated together by a ``BatchEngine``
-    of ``settings.batch_size`` rows (each answer is what the prompt would get alone)."""
+def answers_as_they_finish(model: GPTModel, records: Sequence[dict], style: str | PromptStyle = "alpaca",
+                           settings: GenerationSettings = GenerationSettings(),
+                           generator_for: Callable[[int], torch.Generator | None] = lambda index: None,
+                           ) -> Iterator[tuple[int, str]]:
+    """``(index, extracted answer)`` for each of ``records``, in the order the answers finish:
+    a ``BatchEngine`` of ``settings.batch_size`` rows decodes them, a row taking the next
+    prompt as soon as its answer is done (each answer is what its prompt would get alone).
+    ``generator_for(index)`` gives each record's random generator when sampling."""
     style = get_style(style)
     keep = max(1, model.cfg.context_length - settings.max_new_tokens)  # room to answer
     prompts = [encode(prompt_of(record, style))[-keep:] for record in records]
     if not prompts:
-        return []
-    answers: list[list[int]] = [[] for _ in prompts]
-    done = threading.Semaphore(0)
+        return
+    tokens: list[list[int]] = [[] for _ in prompts]
+    finished: queue.Queue = queue.Queue()
     length = min(model.cfg.context_length, max(map(len, prompts)) + settings.max_new_tokens)
     with BatchEngine(model, settings.batch_size, max_queue=len(prompts), max_length=length) as engine:
-        for ids, answer in zip(prompts, answers):
-            engine.submit(Generation(ids, settings.max_new_tokens, on_token=answer.append,
-                                     on_finish=lambda reason: done.release(), temperature=settings.temperature,
-                                     top_k=settings.top_k, top_p=settings.top_p, generator=generator))
+        for index, ids in enumerate(prompts):
+            engine.submit(Generation(ids, settings.max_new_tokens, on_token=tokens[index].append,
+                                     on_finish=lambda reason, index=index: finished.put((index, reason)),
+                                     temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                                     generator=generator_for(index)))
         for _ in prompts:
-            done.acquire()
-    return [style.answer(decode(ids)) for ids in answers]
+            index, reason = finished.get()
+            if reason == "error":
+                raise RuntimeError(f"generating the answer to record {index} failed")
+            yield index, style.answer(decode(tokens[index]))
+
+
+def answer_batch(model: GPTModel, records: Sequence[dict], style: str | PromptStyle = "alpaca",
+                 settings: GenerationSettings = GenerationSettings(),
+                 generator: torch.Generator | None = None) -> list[str]:
+    """The model's extracted answers to ``records``, in their order (see
+    ``answers_as_they_finish``; ``generator``, when sampling, is shared by all)."""
+    answers = dict(answers_as_they_finish(model, records, style, settings, lambda index: generator))
+    return [answers[index] for index in range(len(records))]
 
 
 def _read_json(path: Path):
@@ -110,7 +125,9 @@ def respond(model: GPTModel, records: Sequence[dict], path: str | os.PathLike,
     Answers already in ``path`` are kept, and an interrupted file is resumed, only when they
     were given by the same weights, prompt style and settings (``answer_identity``, kept in
     ``identity_path(path)``) to the same records; otherwise every record is answered anew.
-    The file is rewritten atomically after every batch.
+    The answers are decoded together, a row taking the next record as soon as it is free; the
+    file is rewritten atomically whenever ``settings.batch_size`` more records in a row are
+    answered.
     """
     path, style = Path(path), get_style(style)
     identity = answer_identity(model, style, settings)
@@ -119,15 +136,20 @@ def respond(model: GPTModel, records: Sequence[dict], path: str | os.PathLike,
     if not results:
         meta.unlink(missing_ok=True)  # until it is written again, nothing in path is trusted
     todo = records[len(results):]
-    with tqdm(total=len(records), initial=len(results), desc="responses", disable=not progress) as bar:
-        for start in range(0, len(todo), settings.batch_size):
-            batch = todo[start:start + settings.batch_size]
-            # Seeded by the batch's place, so that a resumed file samples what an uninterrupted one would.
-            generator = sampling_generator(model, settings.temperature, settings.seed + len(results))
-            answers = answer_batch(model, batch, style, settings, generator)
-            results += [{**record, "model_response": text} for record, text in zip(batch, answers)]
-            _save(path, results, meta, identity)  # every batch: an interruption loses one batch at most
-            bar.update(len(batch))
+    done = len(results)
+    answers: dict[int, str] = {}
+    with tqdm(total=len(records), initial=done, desc="responses", disable=not progress) as bar:
+        # Each record's sampling is seeded by its place, so a resumed file samples what an
+        # uninterrupted one would, however the rows were scheduled.
+        for index, text in answers_as_they_finish(
+                model, todo, style, settings,
+                lambda index: sampling_generator(model, settings.temperature, settings.seed + done + index)):
+            answers[index] = text
+            bar.update(1)
+            while len(results) - done in answers:  # the file holds a prefix of the records
+                results.append({**todo[len(results) - done], "model_response": answers.pop(len(results) - done)})
+                if (len(results) - done) % settings.batch_size == 0 or len(results) == len(records):
+                    _save(path, results, meta, identity)  # an interruption loses one batch at most
     if not todo:
         _save(path, results, meta, identity)
     return results

@@ -11,6 +11,7 @@ from gpt2_lightning.data.prompts import get_style
 from gpt2_lightning.devices import for_inference
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
+from gpt2_lightning.model.tokenizer import decode
 
 
 def chat(*args, stdin=""):
@@ -135,3 +136,10 @@ def test_ctrl_c_while_the_model_loads_leaves_quietly(tiny_export, tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr
+
+
+def test_a_system_message_opens_every_prompt_in_the_styles_format(tiny_export):
+    model, _ = load_model(tiny_export)
+    session = ChatSession(model, get_style("chatml"), system="Answer in French.")
+    assert decode(session.prompt_ids("Hi")) == get_style("chatml").conversation([], "Hi", system="Answer in French.")
+    assert decode(session.prompt_ids("Hi")).startswith("<|im_start|>system\nAnswer in French.<|im_end|>\n")

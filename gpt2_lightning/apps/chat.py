@@ -69,6 +69,8 @@ class ChatSession:
     style: PromptStyle
     settings: ChatSettings = field(default_factory=ChatSettings)
     history: list[tuple[str, str]] = field(default_factory=list)
+    system: str | None = None
+    """A system message that opens every prompt, in the style's system format."""
 
     def __post_init__(self) -> None:
         self.engine = BatchEngine(self.model, max_batch_size=1, max_queue=1)
@@ -77,7 +79,7 @@ class ChatSession:
         """The prompt of ``message`` with as much history as fits beside the answer."""
         room = self.model.cfg.context_length - min(self.settings.max_tokens, self.model.cfg.context_length // 2)
         for start in range(len(self.history) + 1):
-            ids = encode(self.style.conversation(self.history[start:], message))
+            ids = encode(self.style.conversation(self.history[start:], message, self.system))
             if len(ids) <= room:
                 return ids
         return ids[-room:]
@@ -197,6 +199,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = HELP
     add_model_arguments(parser)
     parser.add_argument("--prompt", help="answer this once and exit ('-': read it from standard input)")
+    parser.add_argument("--system", help="a system message that opens the conversation (in the prompt style's "
+                        "system format)")
     parser.add_argument("--temperature", type=float, default=defaults.temperature,
                         help="0: greedy (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=defaults.top_k,
@@ -210,7 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     model, style = model_for_generation(args)
     settings = ChatSettings(args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed)
-    session = ChatSession(model, style, settings)
+    session = ChatSession(model, style, settings, system=args.system)
     if args.prompt is not None:
         message = sys.stdin.read() if args.prompt == "-" else args.prompt
         for piece in session.stream(message.strip()):

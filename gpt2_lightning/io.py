@@ -1,10 +1,11 @@
-"""Atomic file writes: a file appears whole under its name, or not at all."""
+"""Atomic writes: a file or a folder appears whole under its name, or not at all."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ def _read_umask() -> int:
     return mask
 
 
-UMASK = _read_umask()  # once, at import: changing it per write would race other threads
+_UMASK = _read_umask()  # once, at import: changing it per write would race other threads
 TEMP_SUFFIX = ".tmp"
 
 
@@ -39,7 +40,7 @@ def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the file the usual mode
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
@@ -47,6 +48,30 @@ def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
         if isinstance(err, OSError) and err.filename in (tmp, None):  # name the file the user knows
             raise OSError(err.errno, err.strerror, str(path)) from None
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to write into, renamed to ``out`` when the block
+    succeeds (an old ``out`` goes only then); on failure it is removed and ``out`` is untouched."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; give the folder the usual mode
+        if not out.exists():
+            tmp.rename(out)
+            return
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        try:
+            tmp.rename(out)
+        except OSError:
+            old.rename(out)
+            raise
+        shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

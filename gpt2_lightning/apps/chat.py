@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gpt2_lightning.apps.inference import add_model_arguments, model_for_generation
+from gpt2_lightning.apps.inference import add_model_arguments, add_sampling_arguments, model_for_generation
 from gpt2_lightning.data.prompts import PromptStyle
 from gpt2_lightning.generation.engine import BatchEngine
 from gpt2_lightning.generation.sampling import sampling_generator
@@ -201,11 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="answer this once and exit ('-': read it from standard input)")
     parser.add_argument("--system", help="a system message that opens the conversation (in the prompt style's "
                         "system format)")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature,
-                        help="0: greedy (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=defaults.top_k,
-                        help="sample from the k most likely tokens only (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this mass")
+    add_sampling_arguments(parser, defaults.temperature, defaults.top_k)
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
                         help="longest answer in tokens (default: %(default)s)")
     parser.add_argument("--seed", type=int, help="for reproducible sampling (default: a fresh one)")

@@ -21,6 +21,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "measures faster than float32 here), float32, bfloat16 or float16")
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser, temperature: float, top_k: int | None) -> None:
+    """How a verb samples its answers, with that verb's defaults."""
+    parser.add_argument("--temperature", type=float, default=temperature, help="0: greedy (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=top_k,
+                        help="sample from the k most likely tokens only (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this mass")
+
+
 def model_for_generation(args: argparse.Namespace) -> tuple[GPTModel, PromptStyle]:
     """The model ``args`` name, ready to generate, and its prompt style."""
     model, meta = load_model(args.model)

@@ -13,7 +13,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from gpt2_lightning.apps.common import TEST_SPLIT_FILE
-from gpt2_lightning.apps.inference import add_model_arguments, model_for_generation
+from gpt2_lightning.apps.inference import add_model_arguments, add_sampling_arguments, model_for_generation
 from gpt2_lightning.data.records import load_records
 from gpt2_lightning.generation.respond import GenerationSettings, read_instructions, respond
 from gpt2_lightning.resources import register_resolvers
@@ -28,10 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "<records>-responses.json)")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                         help="longest answer in tokens (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature,
-                        help="0: greedy (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens only")
-    parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this mass")
+    add_sampling_arguments(parser, defaults.temperature, defaults.top_k)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help="prompts answered together (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="for sampling (default: %(default)s)")

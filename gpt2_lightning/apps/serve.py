@@ -35,7 +35,7 @@ from gpt2_lightning.data.records import check_messages
 from gpt2_lightning.errors import DataError
 from gpt2_lightning.generation.engine import BatchEngine, Generation, QueueFull
 from gpt2_lightning.generation.sampling import sampling_generator
-from gpt2_lightning.generation.stream import TextStream
+from gpt2_lightning.generation.stream import GenerationFailed, TextStream, generation_for
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.tokenizer import encode, get_tokenizer
 
@@ -193,13 +193,11 @@ class Generator:
         stream = TextStream(ids, stop)
         arrived: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        seq = Generation(
-            ids, min(request.max_tokens or self.default_max_tokens, context - len(ids)),
-            on_token=lambda token: loop.call_soon_threadsafe(arrived.put_nowait, token),
-            on_finish=lambda reason: loop.call_soon_threadsafe(arrived.put_nowait, ("end", reason)),
-            temperature=request.temperature, top_k=request.top_k,
-            top_p=request.top_p if request.top_p < 1.0 else None,
-            generator=sampling_generator(self.model, request.temperature, request.seed),
+        seq = generation_for(
+            stream, lambda item: loop.call_soon_threadsafe(arrived.put_nowait, item),
+            min(request.max_tokens or self.default_max_tokens, context - len(ids)), request.temperature,
+            request.top_k, request.top_p if request.top_p < 1.0 else None,
+            sampling_generator(self.model, request.temperature, request.seed),
             deadline=time.monotonic() + self.request_timeout if self.request_timeout else None)
         try:
             self.engine.submit(seq)
@@ -212,23 +210,19 @@ class Generator:
         or a stop string, ends the sequence at the engine's next step."""
         stream, seq = answer.stream, answer.seq
         try:
-            while True:
+            while stream.finish_reason is None:
                 try:
                     item = await asyncio.wait_for(answer.arrived.get(), timeout=DISCONNECT_POLL)
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():
                         return
                     continue
-                if isinstance(item, tuple):
-                    if item[1] == "error":
-                        raise APIError(500, "generation failed", kind="server_error")
-                    if piece := stream.end("length" if item[1] == "time_limit" else item[1]):
-                        yield piece
-                    return
-                if piece := stream.push(item):
+                try:
+                    piece = stream.feed(item)
+                except GenerationFailed:
+                    raise APIError(500, "generation failed", kind="server_error") from None
+                if piece:
                     yield piece
-                if stream.finish_reason is not None:
-                    return
         finally:
             seq.cancel()
             self.served += 1
@@ -296,6 +290,7 @@ def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning"
         kind = "chat.completion" if chat else "text_completion"
 
         def choice(text: str | None, finish: str | None, first: bool = False) -> dict:
+            finish = "length" if finish == "time_limit" else finish  # OpenAI's word for an answer cut short
             if not chat:
                 return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
             if body.stream:

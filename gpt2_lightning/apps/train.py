@@ -37,7 +37,12 @@ from gpt2_lightning.model.lora import LoRAConfig, merge_lora
 from gpt2_lightning.model.pretrained import base_identity, load_pretrained
 from gpt2_lightning.resources import config_dir, register_resolvers
 from gpt2_lightning.train.callbacks import GracefulStop
-from gpt2_lightning.train.checkpoints import model_from_checkpoint, model_from_state_dict, read_checkpoint
+from gpt2_lightning.train.checkpoints import (
+    merge_adapters,
+    model_from_checkpoint,
+    model_from_state_dict,
+    read_checkpoint,
+)
 from gpt2_lightning.train.module import InstructionTuner
 from gpt2_lightning.train.strategies import shards_parameters
 
@@ -181,8 +186,7 @@ def delivered_model(trainer: L.Trainer, tuner: InstructionTuner, best: ModelChec
     if best is not None and tuner.hparams.adapter:
         if not trainer.is_global_zero:
             return None
-        tuner.load_state_dict(read_checkpoint(best.best_model_path)["state_dict"], strict=False)
-        return merge_lora(tuner.model)
+        return merge_adapters(tuner.model, read_checkpoint(best.best_model_path)["state_dict"], best.best_model_path)
     if best is not None:
         return model_from_checkpoint(best.best_model_path)[0] if trainer.is_global_zero else None
     if not shards_parameters(trainer.strategy):

@@ -26,15 +26,14 @@ def example_pieces(record: Record, style: PromptStyle, mask_prompt: bool = False
     on everything (``"all"``)."""
     if "messages" not in record:
         return [(style.prompt(record), not mask_prompt), (style.response(record), True)]
-    # Neighbours scored alike are tokenised together, as a prompt is when the model answers it.
-    pieces: list[tuple[str, bool]] = []
+    # Neighbours of the same side are tokenised together, as a prompt is when the model answers it.
+    merged: list[tuple[str, bool]] = []
     for text, own in style.segments(record["messages"]):
-        scored = own or train_on == "all"
-        if pieces and pieces[-1][1] == scored and train_on != "all":
-            pieces[-1] = (pieces[-1][0] + text, scored)
+        if merged and merged[-1][1] == own:
+            merged[-1] = (merged[-1][0] + text, own)
         else:
-            pieces.append((text, scored))
-    return pieces
+            merged.append((text, own))
+    return [(text, own or train_on == "all") for text, own in merged]
 
 
 class InstructionDataset(Dataset):

@@ -11,8 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gpt2_lightning.errors import ConfigError
-
-EOT_TEXT = "<|endoftext|>"
+from gpt2_lightning.model.tokenizer import EOT_TOKEN
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class PromptStyle:
     """Text that ends the prompt; the answer follows it."""
     stop_strings: tuple[str, ...]
     """Generated text is cut at the first of these (the model starting a new turn)."""
-    turn_end: str = EOT_TEXT
+    turn_end: str = EOT_TOKEN
     """What closes an answer that more turns follow (the last answer of a training example
     ends with ``<|endoftext|>``)."""
     system_format: str = "{system}\n\n"
@@ -98,7 +97,7 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
                "appropriately completes the request.\n\n### Instruction:\n",
         input_prefix="\n\n### Input:\n",
         response_header="\n\n### Response:\n",
-        stop_strings=("### Instruction:", "### Input:", "### Response:", EOT_TEXT),
+        stop_strings=("### Instruction:", "### Input:", "### Response:", EOT_TOKEN),
     ),
     # Microsoft Phi-3's chat turns.
     "phi3": PromptStyle(
@@ -106,7 +105,7 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
         header="<|user|>\n",
         input_prefix="\n",
         response_header="\n\n<|assistant|>\n",
-        stop_strings=("<|user|>", "<|assistant|>", "<|end|>", EOT_TEXT),
+        stop_strings=("<|user|>", "<|assistant|>", "<|end|>", EOT_TOKEN),
         turn_end="<|end|>\n",
         system_format="<|system|>\n{system}<|end|>\n",
     ),
@@ -116,7 +115,7 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
         header="<|im_start|>user\n",
         input_prefix="\n\n",
         response_header="<|im_end|>\n<|im_start|>assistant\n",
-        stop_strings=("<|im_end|>", "<|im_start|>", EOT_TEXT),
+        stop_strings=("<|im_end|>", "<|im_start|>", EOT_TOKEN),
         turn_end="<|im_end|>\n",
         system_format="<|im_start|>system\n{system}<|im_end|>\n",
     ),

@@ -37,8 +37,6 @@ class FieldNames:
 
 FORMATS = ("auto", "alpaca", "messages", "sharegpt")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-
-
 HUB_PREFIX = "hf://"
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from gpt2_lightning.data.prompts import get_style
@@ -17,7 +13,7 @@ from gpt2_lightning.export.hf import TORCH_DTYPES, export_hf
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.export.ollama import GGUF_FILE, export_ollama
 from gpt2_lightning.export.peft_adapter import export_peft_adapter
-from gpt2_lightning.io import UMASK, atomic_write
+from gpt2_lightning.io import atomic_folder, atomic_write
 
 FORMAT_DTYPES = {"hf": tuple(TORCH_DTYPES), "gguf": GGUF_DTYPES, "ollama": GGUF_DTYPES}
 
@@ -36,30 +32,6 @@ def check_request(fmt: str, dtype: str, out: Path, force: bool, adapter_only: bo
         raise ConfigError(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
 
 
-@contextlib.contextmanager
-def folder_in_place(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that becomes ``out`` when the block succeeds (an old
-    ``out`` goes only then); on failure it is removed and ``out`` is untouched."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        tmp.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; give the folder the usual mode
-        if not out.exists():
-            tmp.rename(out)
-            return
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except OSError:
-            old.rename(out)
-            raise
-        shutil.rmtree(old)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def export_to(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, dtype: str = "float32",
               force: bool = False, adapter_only: bool = False) -> Path:
     """Export the model ``spec`` names (anything ``load_model`` takes; a LoRA run with its
@@ -68,13 +40,13 @@ def export_to(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, dtype: 
     out = Path(out)
     check_request(fmt, dtype, out, force, adapter_only)
     if adapter_only:
-        with folder_in_place(out) as folder:
+        with atomic_folder(out) as folder:
             export_peft_adapter(spec, folder)
         return out
     model, meta = load_model(spec)
     style = get_style(meta["prompt_style"])
     name = out.resolve().name
-    with folder_in_place(out) as folder:
+    with atomic_folder(out) as folder:
         if fmt == "hf":
             export_hf(model, style, folder, dtype)
             with atomic_write(folder / "README.md") as f:

@@ -12,7 +12,7 @@ from gpt2_lightning.export.folder import is_export, load_export
 from gpt2_lightning.export.hf import PROJECT_KEY
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.pretrained import load_pretrained
-from gpt2_lightning.train.checkpoints import model_from_checkpoint
+from gpt2_lightning.train.checkpoints import model_from_checkpoint, run_checkpoint
 
 
 def load_model(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None
@@ -27,10 +27,8 @@ def load_model(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = No
         for folder in (path, path / "export"):
             if is_export(folder):
                 return load_export(folder)
-        candidates = sorted((path / "checkpoints").glob("best-*.ckpt")) + [path / "checkpoints" / "last.ckpt"]
-        for checkpoint in candidates:
-            if checkpoint.is_file():
-                return model_from_checkpoint(checkpoint)
+        if (checkpoint := run_checkpoint(path)) is not None:
+            return model_from_checkpoint(checkpoint)
         if find_run_dir(path) == path:
             raise FileNotFoundError(f"run {path} holds no weights yet: no export/ and no checkpoints/*.ckpt")
     elif path.suffix == ".ckpt":

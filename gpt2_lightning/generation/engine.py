@@ -210,27 +210,24 @@ class BatchEngine:
         """End the rows that finished, were cancelled or ran out of time; move the last rows
         into the freed slots so that the running rows stay the first ones."""
         now = time.monotonic()
-        keep = []
-        for seq in self.rows:
+        kept = []
+        for row, seq in enumerate(self.rows):
             reason = seq.finish_reason
             if reason is None and seq.cancelled.is_set():
                 reason = "cancelled"
             elif reason is None and seq.deadline is not None and now >= seq.deadline:
                 reason = "time_limit"
             if reason is None:
-                keep.append(seq)
+                kept.append(row)
             else:
                 seq.finish_reason = reason
                 seq.on_finish(reason)
-        if len(keep) == len(self.rows):
-            return
-        order = [self.rows.index(seq) for seq in keep]
-        if order != list(range(len(keep))):
-            index = torch.tensor(order, device=self.device)
+        if kept != list(range(len(kept))):  # a row before a running one finished: close the gap
+            index = torch.tensor(kept, device=self.device)
             for tensors in (self.cache.keys, self.cache.values):
                 for t in tensors:
-                    t[:len(keep)] = t[index]
-            self.cache.pad_lengths[:len(keep)] = self.cache.pad_lengths[index.to(self.cache.pad_lengths.device)]
-        self.rows = keep
-        if not keep:
+                    t[:len(kept)] = t[index]
+            self.cache.pad_lengths[:len(kept)] = self.cache.pad_lengths[index]
+        self.rows = [self.rows[row] for row in kept]
+        if not kept:
             self.cache.length = 0

@@ -4,7 +4,7 @@ consumed that way (chat, respond, serve)."""
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -45,6 +45,14 @@ class TextStream:
             return ""
         return self._advance_to(text[:len(text) - self._held_back(text)])
 
+    def feed(self, item: int | tuple[str, str]) -> str:
+        """Take what the engine sent (``generation_for``): a token, or the end and its reason."""
+        if not isinstance(item, tuple):
+            return self.push(item)
+        if item[1] == "error":
+            raise GenerationFailed("generating the answer failed")
+        return self.end(item[1])
+
     def end(self, reason: str) -> str:
         """Generation ended for ``reason``; return the text held back until now."""
         if self.finish_reason is not None:
@@ -63,6 +71,20 @@ class TextStream:
         return max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
 
+class GenerationFailed(RuntimeError):
+    """The engine ended a sequence with an error."""
+
+
+def generation_for(stream: TextStream, deliver: Callable[[object], None], max_new_tokens: int,
+                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                   generator: torch.Generator | None = None, deadline: float | None = None) -> Generation:
+    """The engine sequence of ``stream``'s prompt: ``deliver`` receives each token id, then
+    ``("end", reason)``, which ``TextStream.feed`` takes in turn."""
+    return Generation(stream.prompt_ids, max_new_tokens, on_token=deliver,
+                      on_finish=lambda reason: deliver(("end", reason)), temperature=temperature, top_k=top_k,
+                      top_p=top_p, generator=generator, deadline=deadline)
+
+
 def stream_answer(engine: BatchEngine, stream: TextStream, max_new_tokens: int, temperature: float = 0.0,
                   top_k: int | None = None, top_p: float | None = None,
                   generator: torch.Generator | None = None) -> Iterator[str]:
@@ -70,19 +92,11 @@ def stream_answer(engine: BatchEngine, stream: TextStream, max_new_tokens: int, 
     its text in pieces. Leaving early (a stop string, Ctrl-C, closing the iterator) frees
     the sequence's row at the engine's next step."""
     arrived: queue.Queue = queue.Queue()
-    seq = Generation(stream.prompt_ids, max_new_tokens, on_token=arrived.put,
-                     on_finish=lambda reason: arrived.put(("end", reason)), temperature=temperature,
-                     top_k=top_k, top_p=top_p, generator=generator)
+    seq = generation_for(stream, arrived.put, max_new_tokens, temperature, top_k, top_p, generator)
     engine.submit(seq, block=True)
     try:
-        while not isinstance(item := arrived.get(), tuple):
-            if piece := stream.push(item):
+        while stream.finish_reason is None:
+            if piece := stream.feed(arrived.get()):
                 yield piece
-            if stream.finish_reason is not None:
-                return
-        if item[1] == "error":
-            raise RuntimeError("generation failed")
-        if piece := stream.end(item[1]):
-            yield piece
     finally:
         seq.cancel()

@@ -45,15 +45,9 @@ def byte_symbols() -> tuple[str, ...]:
     """The printable character that stands for each byte in GPT-2's ``vocab.json`` and
     ``merges.txt`` (OpenAI's ``bytes_to_unicode``): printable Latin-1 bytes stand for
     themselves, the others are shifted past 255."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    symbols, shifted = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            symbols[byte] = chr(byte)
-        else:
-            symbols[byte] = chr(256 + shifted)
-            shifted += 1
-    return tuple(symbols[byte] for byte in range(256))
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    shifted = iter(range(256, 512))
+    return tuple(chr(byte) if byte in printable else chr(next(shifted)) for byte in range(256))
 
 
 def _as_symbols(token: bytes) -> str:

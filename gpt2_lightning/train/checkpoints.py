@@ -43,10 +43,9 @@ def model_from_state_dict(config: GPTConfig, state_dict: dict[str, Any], source:
     return model_with_weights(config, _model_tensors(state_dict), source).eval()
 
 
-def adapted_model(hparams: dict[str, Any], state_dict: dict[str, Any], source: str) -> GPTModel:
-    """The base weights a LoRA checkpoint names, with its adapters merged in, in eval mode."""
-    config = GPTConfig.from_dict(hparams["gpt_config"])
-    model = add_lora(load_base(hparams["base"], drop_rate=config.drop_rate), LoRAConfig(**hparams["adapter"]))
+def merge_adapters(model: GPTModel, state_dict: dict[str, Any], source: str) -> GPTModel:
+    """``model`` (with LoRA adapters) given the adapters of a checkpoint's state dict, merged
+    into its weights in place, in eval mode."""
     adapters = _model_tensors(state_dict)
     expected = adapter_state_dict(model)
     if set(adapters) != set(expected):
@@ -54,6 +53,20 @@ def adapted_model(hparams: dict[str, Any], state_dict: dict[str, Any], source: s
                                       f"adapter tensors like {next(iter(expected))}, found {len(adapters)})")
     model.load_state_dict(adapters, strict=False)
     return merge_lora(model).eval()
+
+
+def adapted_model(hparams: dict[str, Any], state_dict: dict[str, Any], source: str) -> GPTModel:
+    """The base weights a LoRA checkpoint names, with its adapters merged in, in eval mode."""
+    config = GPTConfig.from_dict(hparams["gpt_config"])
+    model = add_lora(load_base(hparams["base"], drop_rate=config.drop_rate), LoRAConfig(**hparams["adapter"]))
+    return merge_adapters(model, state_dict, source)
+
+
+def run_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a run delivers: its best by validation, else its last; None if neither."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    candidates = sorted(checkpoints.glob("best-*.ckpt")) + [checkpoints / "last.ckpt"]
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[GPTModel, dict[str, Any]]:

@@ -1,11 +1,16 @@
 """End to end: fine-tune the gpt2-small shape (random init) for 2 epochs on the seed data with
-validation, through ``train.py`` with its defaults, against a plain PyTorch loop of the
-reference's kind (batch 8 padded to the longest, fp32, torch AdamW defaults, evaluation on 5
-train + 5 val batches every 5 steps, a sample generation after each epoch, no Lightning).
-Both see the same 935 examples per epoch. Both final models are scored by the same function:
+validation, through ``train.py`` with its defaults (whole process: start-up, precision chosen
+by measurement, validations, checkpoints), against
+  trl       Hugging Face TRL's ``SFTTrainer`` on ``GPT2LMHeadModel`` (``bench/sft_trl.py``): the
+            same split, batch, epochs, optimizer, validation cadence and precision, whole process
+  baseline  a plain PyTorch loop of the reference's kind (batch 8 padded to the longest, fp32,
+            torch AdamW defaults, evaluation on 5 train + 5 val batches every 5 steps, a sample
+            generation after each epoch, no Lightning)
+All see the same 935 examples per epoch. Every final model is scored by the same function:
 the baseline's fp32 mean loss over the whole val split (for ``train.py``, its ``last.ckpt``).
 
-    python bench/end_to_end.py [--data ../shared/data/instruction-data.json] [--epochs 2] [--only ours]
+    python bench/end_to_end.py [--data ../shared/data/instruction-data.json] [--epochs 2]
+                               [--sides ours trl baseline]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from common import SEED_DATA, machine  # noqa: E402
 
 from gpt2_lightning.data.prompts import format_example, format_prompt  # noqa: E402
 from gpt2_lightning.data.records import load_records, split_records  # noqa: E402
+from gpt2_lightning.devices import resolve_precision  # noqa: E402
 from gpt2_lightning.evaluate.plot import read_scalars  # noqa: E402
 from gpt2_lightning.generation.sampling import generate  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402
@@ -34,6 +40,8 @@ from gpt2_lightning.model.tokenizer import EOT_ID, encode  # noqa: E402
 from gpt2_lightning.train.checkpoints import model_from_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+SIDES = {"ours": "train.py (whole process)", "trl": "TRL SFTTrainer (whole process)",
+         "baseline": "plain PyTorch loop (training only)"}
 
 
 def collate(batch, ignore_index=-100, allowed_max_length=1024):
@@ -107,7 +115,7 @@ def plain_loop(data: Path, epochs: int) -> tuple[float, float]:
     return elapsed, val_loss(model, val_loader)
 
 
-def through_train_py(data: Path, epochs: int) -> tuple[float, float]:
+def through_train_py(data: Path, epochs: int) -> tuple[float, float, str]:
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
         subprocess.run([sys.executable, str(REPO / "train.py"), "model=gpt2-small", "model.pretrained=false",
@@ -121,26 +129,51 @@ def through_train_py(data: Path, epochs: int) -> tuple[float, float]:
     precision = log.split("precision ")[1].split()[0]
     print(f"train.py ran with precision {precision}; its last logged val_loss {logged:.4f}")
     _, val, _ = split_records(load_records(data))
-    return elapsed, val_loss(model.float(), eval_loader(val))
+    return elapsed, val_loss(model.float(), eval_loader(val)), precision
+
+
+def through_trl(data: Path, epochs: int, bf16: bool) -> tuple[float, float]:
+    from transformers import GPT2LMHeadModel
+
+    from gpt2_lightning.model.pretrained import convert_hf_state_dict, load_state_dict_checked
+
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(REPO / "bench" / "sft_trl.py"), f"--data={data}", f"--out={out}",
+                        f"--epochs={epochs}", *(["--bf16"] if bf16 else [])], check=True)
+        elapsed = time.perf_counter() - start
+        hf = GPT2LMHeadModel.from_pretrained(Path(out) / "model", dtype=torch.float32)
+    model = GPTModel(GPTConfig.from_name("gpt2-small"))
+    load_state_dict_checked(model, convert_hf_state_dict(hf.state_dict()))
+    _, val, _ = split_records(load_records(data))
+    return elapsed, val_loss(model, eval_loader(val))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=SEED_DATA)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--only", choices=("ours", "baseline"), help="run one side (no ratio)")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     args = parser.parse_args()
     print(machine())
-    if args.only != "baseline":
-        ours, ours_val = through_train_py(args.data, args.epochs)
-        print(f"train.py (whole process):  {ours:7.1f} s, final val loss {ours_val:.4f}")
-    if args.only != "ours":
-        base, base_val = plain_loop(args.data, args.epochs)
-        print(f"plain loop (training only): {base:7.1f} s, final val loss {base_val:.4f}")
-    if args.only:
-        return
-    print(json.dumps({"speedup": round(base / ours, 2), "ours_s": round(ours, 1), "baseline_s": round(base, 1),
-                      "ours_val_loss": round(ours_val, 4), "baseline_val_loss": round(base_val, 4)}))
+    results = {}
+    if "ours" in args.sides:
+        results["ours"] = through_train_py(args.data, args.epochs)
+    if "trl" in args.sides:  # in the precision train.py chose (or would choose) here
+        precision = results["ours"][2] if "ours" in results else resolve_precision("auto", "auto")
+        results["trl"] = (*through_trl(args.data, args.epochs, precision.startswith("bf16")), precision)
+    if "baseline" in args.sides:
+        results["baseline"] = (*plain_loop(args.data, args.epochs), "32-true")
+    for side, (seconds, loss, precision) in results.items():
+        print(f"{SIDES[side]:45s} {seconds:7.1f} s, {precision}, final val loss {loss:.4f}")
+    if "ours" in results:
+        ours_s, ours_loss, _ = results["ours"]
+        for side, (seconds, loss, _) in results.items():
+            if side != "ours":
+                print(f"train.py against {side}: {seconds / ours_s:.2f}x faster, val loss "
+                      f"{(ours_loss - loss) / loss:+.1%}")
+    print(json.dumps({side: {"s": round(s, 1), "val_loss": round(v, 4), "precision": p}
+                      for side, (s, v, p) in results.items()}))
 
 
 if __name__ == "__main__":

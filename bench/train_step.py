@@ -1,33 +1,63 @@
-"""Training-step throughput, gpt2-small shape (random weights), batch 8 x 256 tokens:
-forward + backward + AdamW, ours (GPTModel + masked loss, as InstructionTuner trains) vs
-Hugging Face GPT2LMHeadModel (sdpa, its own loss); both with the same fused AdamW, the same
-batches and the same allocator setting, in one process; fp32 and bf16 autocast. MFU is against this machine's measured peak matmul throughput.
-Both run with glibc keeping freed memory, as ``train.py`` runs (``--default-allocator``: not).
+"""Training-step throughput of gpt2-small (random weights): forward + backward + AdamW.
 
-    python bench/train_step.py [--repeats 3] [--batch 8] [--seq 256]
+Implementations, all holding the same weights, each with the same fused AdamW, batches and
+allocator setting, in one process:
+  ours      GPTModel + masked_lm_loss, as InstructionTuner trains
+  hf        Hugging Face GPT2LMHeadModel (sdpa) and its own loss function
+  nanogpt   GPT-2 the way nanoGPT builds it (bench/nanogpt.py)
+  NAME-compiled   the same through torch.compile (ours: the loss, with dynamic shapes, as
+                  ``model.compile=true`` does; the peers: the model, as nanoGPT's train.py does)
+Batches:
+  random    --batch x --seq random tokens, every position scored (MFU against the device's
+            measured peak matmul throughput in that dtype)
+  seed      shuffled batches of 8 training records of the seed data, padded to the longest,
+            padding not scored (what ``train.py`` trains on)
+Each implementation first runs every batch once (warm-up, compiling), then the implementations
+take turns at --repeats timed passes; tokens/s counts scored targets over the median pass.
+
+    python bench/train_step.py [--device cpu|cuda] [--batches random seed] [--precision fp32 bf16]
+                               [--impl ours hf nanogpt nanogpt-compiled] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt, machine, model_pair, timeit  # noqa: E402
+from common import SEED_DATA, machine, model_pair, train_split  # noqa: E402
+from nanogpt import nanogpt_from  # noqa: E402
 
 from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
+from gpt2_lightning.data.dataset import InstructionCollator  # noqa: E402
+from gpt2_lightning.data.sampler import LengthGroupedBatchSampler  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig  # noqa: E402
 from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-def peak_matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    stats = timeit(lambda: a @ b, repeats, warmup=2)
-    return 2 * n ** 3 / stats["min"]
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / min(times[2:])
 
 
 def training_flops_per_token(cfg: GPTConfig, seq: int) -> float:
@@ -36,52 +66,111 @@ def training_flops_per_token(cfg: GPTConfig, seq: int) -> float:
     return 6 * params + 12 * cfg.n_layers * cfg.emb_dim * seq
 
 
-def step_fn(model, optimizer, idx, targets, precision: str, ours: bool):
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+def loss_function(name: str, cfg: GPTConfig, device: torch.device):
+    """``(model, loss(x, y))`` for implementation ``name``; y: the target of each position."""
+    base, compiled = name.removesuffix("-compiled"), name.endswith("-compiled")
+    ours, hf = model_pair(cfg)
+    if base == "ours":
+        model = ours.to(device).train()
+        loss = torch.compile(masked_lm_loss, dynamic=True) if compiled else masked_lm_loss
+        return model, lambda x, y: loss(model, x, y)[0]
+    if base == "hf":
+        model = hf.to(device).train()
+        run = torch.compile(model) if compiled else model
+        return model, lambda x, y: model.loss_function(run(x).logits, y, cfg.vocab_size, shift_labels=y)
+    if base == "nanogpt":
+        model = nanogpt_from(ours).to(device).train()
+        run = torch.compile(model) if compiled else model
+        return model, run
+    raise SystemExit(f"unknown implementation {name!r}")
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            if ours:
-                loss, _ = masked_lm_loss(model, idx, targets)
-            else:
-                loss = model(idx, labels=targets).loss
-        loss.backward()
-        optimizer.step()
-    return step
+
+def timed_passes(names, cfg, batches, precision, device, repeats) -> dict[str, list[float]]:
+    """Seconds of each timed pass over ``batches`` per implementation, after one untimed pass
+    each; the passes take turns, so that drift in the machine touches every side alike."""
+    autocast = (torch.autocast(device.type, dtype=DTYPES[precision]) if precision != "fp32"
+                else contextlib.nullcontext())
+
+    def one_pass(loss_fn, optimizer) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        for x, y in batches:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss = loss_fn(x, y)
+            loss.backward()
+            optimizer.step()
+        synchronize(device)
+        return time.perf_counter() - start
+
+    sides = {}
+    for name in names:
+        model, loss_fn = loss_function(name, cfg, device)
+        sides[name] = (loss_fn, torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True))
+        one_pass(*sides[name])
+    times = {name: [] for name in names}
+    for _ in range(repeats):
+        for name, side in sides.items():
+            times[name].append(one_pass(*side))
+    return times
+
+
+def random_batches(cfg, batch, seq, steps, device):
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.vocab_size, (steps, batch, seq + 1), generator=generator)
+    return [(t[:, :-1].contiguous().to(device), t[:, 1:].contiguous().to(device)) for t in tokens]
+
+
+def seed_batches(path: Path, count: int, device):
+    dataset = train_split(path)
+    collate = InstructionCollator(max_length=1024)
+    order = list(LengthGroupedBatchSampler(dataset.lengths, 8, seed=1, group_by_length=False))[:count]
+    batches = [collate([dataset[i] for i in rows]) for rows in order]
+    return [(b["input_ids"].to(device), b["targets"].to(device)) for b in batches]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batches", nargs="+", choices=["random", "seed"], default=["random", "seed"])
+    parser.add_argument("--precision", nargs="+", choices=list(DTYPES), default=["fp32", "bf16"])
+    parser.add_argument("--impl", nargs="+", default=["ours", "hf", "nanogpt", "nanogpt-compiled"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--batch", type=int, default=8, help="rows of a random batch")
+    parser.add_argument("--seq", type=int, default=256, help="tokens of a random batch's row")
+    parser.add_argument("--steps", type=int, default=1, help="random batches per timed pass")
+    parser.add_argument("--seed-batches", type=int, default=8, help="seed-data batches per timed pass")
+    parser.add_argument("--data", type=Path, default=SEED_DATA)
     parser.add_argument("--default-allocator", action="store_true")
     args = parser.parse_args()
-    kept = not args.default_allocator and keep_freed_memory()
-    print(f"{machine()}; glibc keeps freed memory: {kept}")
+    device = torch.device(args.device)
+    kept = device.type == "cpu" and not args.default_allocator and keep_freed_memory()
+    print(f"{machine()}; glibc keeps freed memory: {kept}", flush=True)
     cfg = GPTConfig.from_name("gpt2-small")
-    tokens = args.batch * args.seq
-    flops = training_flops_per_token(cfg, args.seq) * tokens
-    idx = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
-    for precision in args.precision:
-        peak = peak_matmul_flops(torch.float32 if precision == "fp32" else torch.bfloat16)
-        results = {}
-        for name in ("ours", "hf"):
-            ours, hf = model_pair(cfg)
-            model = (ours if name == "ours" else hf).train()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True)
-            targets = torch.roll(idx, -1, dims=1) if name == "ours" else idx  # HF shifts labels itself
-            results[name] = timeit(step_fn(model, optimizer, idx, targets, precision, name == "ours"),
-                                   args.repeats)
-            del ours, hf, model, optimizer
-        for name, stats in results.items():
-            rate = tokens / stats["median"]
-            mfu = flops / stats["median"] / peak
-            print(f"{precision} {name:4s}: {rate:7.0f} tokens/s  MFU {mfu:5.1%}  step {fmt(stats)}")
-        print(f"{precision} peak matmul {peak / 1e9:.0f} GFLOP/s; ours / HF: "
-              f"{results['hf']['median'] / results['ours']['median']:.2f}x")
+    for kind in args.batches:
+        batches = (random_batches(cfg, args.batch, args.seq, args.steps, device) if kind == "random"
+                   else seed_batches(args.data, args.seed_batches, device))
+        scored = sum(int((y != -100).sum()) for _, y in batches)
+        positions = sum(y.numel() for _, y in batches)
+        print(f"\n{kind} batches: {len(batches)} of {tuple(batches[0][0].shape)}, {scored} scored targets of "
+              f"{positions} positions a pass", flush=True)
+        for precision in args.precision:
+            peak = peak_matmul_flops(device, DTYPES[precision])
+            flops = training_flops_per_token(cfg, args.seq) * scored
+            rates = {}
+            for name, times in timed_passes(args.impl, cfg, batches, precision, device, args.repeats).items():
+                median = statistics.median(times)
+                rates[name] = scored / median
+                mfu = f"  MFU {flops / median / peak:5.1%}" if kind == "random" else ""
+                print(f"{kind} {precision} {name:18s} {rates[name]:9.0f} scored tokens/s{mfu}  pass {median:.3f} s "
+                      f"(min {min(times):.3f}, max {max(times):.3f})", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            peers = {name: rate for name, rate in rates.items() if not name.startswith("ours")}
+            if "ours" in rates and peers:
+                best = max(peers, key=peers.get)
+                print(f"{kind} {precision}: peak matmul {peak / 1e12:.3g} TFLOP/s; ours / best peer ({best}): "
+                      f"{rates['ours'] / peers[best]:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from gpt2_lightning.io import write_json
+from gpt2_lightning.model.onednn import OneDNNLinear
 from gpt2_lightning.resources import cache_dir
 
 log = logging.getLogger(__name__)
@@ -36,22 +37,44 @@ def fastest_dtype(device: torch.device | str, workload: str, width: int) -> torc
         # Processes started apart (torchrun, SLURM) could measure, or remember, apart and
         # disagree; the ones Lightning starts inherit the first process's choice instead.
         return torch.float32
-    device, here = torch.device(device), machine()
+    device = torch.device(device)
+    fastest = _fastest(device, workload, width, {
+        str(dtype).removeprefix("torch."): functools.partial(_time, device, workload, min(width, 768), dtype)
+        for dtype in (torch.float32, torch.bfloat16)})
+    return getattr(torch, fastest)
+
+
+def onednn_faster(width: int) -> bool:
+    """Whether decoding through fp32 linear layers in oneDNN's layout (``model.onednn``) runs
+    faster on this CPU than torch's fp32 ``F.linear``, for a model of ``width``."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    cpu = torch.device("cpu")
+    return _fastest(cpu, "generate-onednn", width, {
+        "float32": functools.partial(_time, cpu, "generate", min(width, 768), torch.float32),
+        "onednn": functools.partial(_time, cpu, "generate", min(width, 768), torch.float32, onednn=True)},
+    ) == "onednn"
+
+
+def _fastest(device: torch.device, workload: str, width: int, candidates: dict) -> str:
+    """The name of the fastest of ``candidates`` (name -> seconds of a timed run), the first
+    name being the baseline another must beat by 5%; remembered per machine in the cache."""
+    here = machine()
     key = f"{here} | {device.type} | {workload} | width {width}"
     path = cache_dir() / CACHE_FILE
     known = _read(path)
     if key in known:
-        return getattr(torch, known[key]["fastest"])
-    seconds = {str(dtype).removeprefix("torch."): _time(device, workload, min(width, 768), dtype)
-               for dtype in (torch.float32, torch.bfloat16)}
-    fastest = "bfloat16" if seconds["bfloat16"] < MARGIN * seconds["float32"] else "float32"
+        return known[key]["fastest"]
+    seconds = {name: run() for name, run in candidates.items()}
+    baseline = next(iter(seconds))
+    fastest = min(seconds, key=lambda name: seconds[name] / (1 if name == baseline else MARGIN))
     log.info("measured %s matmuls on %s (%s): %s -> %s", workload, device.type, here,
              ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in seconds.items()), fastest)
     try:
         write_json(path, {**_read(path), key: {"fastest": fastest, "seconds": seconds}})
     except OSError as err:  # an unwritable cache only costs measuring again next time
         log.warning("cannot keep the measurement in %s: %s", path, err.strerror)
-    return getattr(torch, fastest)
+    return fastest
 
 
 def machine() -> str:
@@ -70,28 +93,36 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def _time(device: torch.device, workload: str, width: int, dtype: torch.dtype, repeats: int = 5) -> float:
+def _time(device: torch.device, workload: str, width: int, dtype: torch.dtype, repeats: int = 5,
+          onednn: bool = False) -> float:
     """Fewest seconds of the workload on a GPT-2 MLP's weights (``nn.Linear`` layout): for
     ``train`` forward and backward from fp32 weights, under autocast to ``dtype`` as mixed
-    precision runs it; for ``generate`` 20 tokens one by one through weights in ``dtype``."""
+    precision runs it; for ``generate`` 20 tokens one by one through weights in ``dtype``
+    (``onednn``: through ``OneDNNLinear``), four MLPs' worth, more than a CPU cache holds, as
+    decoding streams every weight from memory."""
     generator = torch.Generator(device=device).manual_seed(0)
     train = workload == "train"
-    weights = [torch.randn(shape, device=device, generator=generator)
-               for shape in ((4 * width, width), (width, 4 * width))]
+    mlps = 1 if train else 4
+    layers = [nn.Linear(*shape, bias=False, device=device) for _ in range(mlps) for shape in ((width, 4 * width),
+                                                                                           (4 * width, width))]
+    for layer in layers:
+        layer.weight.data.normal_(generator=generator)
     x = torch.randn(TOKENS[workload], width, device=device, generator=generator)
-    if train:
-        for weight in weights:
-            weight.requires_grad_()
-    else:
-        weights, x = [w.to(dtype) for w in weights], x.to(dtype)
+    if not train:
+        layers, x = [layer.to(dtype).requires_grad_(False) for layer in layers], x.to(dtype)
+    if onednn:
+        layers = [OneDNNLinear(layer) for layer in layers]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=train and dtype != torch.float32)
 
     def run() -> None:
-        for _ in range(1 if train else 20):
-            with autocast:
-                out = F.linear(F.linear(x, weights[0]), weights[1])
-            if train:
-                out.float().sum().backward()
+        with torch.enable_grad() if train else torch.inference_mode():
+            for _ in range(1 if train else 8):
+                out = x
+                with autocast:
+                    for layer in layers:
+                        out = layer(out)
+                if train:
+                    out.float().sum().backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
 

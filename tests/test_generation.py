@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -87,3 +89,48 @@ def test_batched_prompts_of_different_lengths_answer_as_alone(pair):
     eos = alone[1][4]
     stopped = generate_batch(model, prompts, 15, eos_id=eos)
     assert stopped[1] == alone[1][:alone[1].index(eos)]
+
+
+def test_onednn_linears_generate_the_same_tokens_and_keep_the_state_dict(pair):
+    from gpt2_lightning.model.onednn import OneDNNLinear, use_onednn_linears
+
+    ours, _ = pair
+    packed = use_onednn_linears(copy.deepcopy(ours).eval())
+    assert sum(isinstance(m, OneDNNLinear) for m in packed.modules()) == 4 * TINY.n_layers + 1
+    assert packed.out_head.weight is packed.tok_emb.weight  # still tied
+    assert packed.state_dict().keys() == ours.state_dict().keys()
+    idx = torch.randint(0, TINY.vocab_size, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(idx), ours(idx), atol=1e-4, rtol=1e-4)
+        assert torch.equal(generate(packed, idx, 12, eos_id=None), generate(ours, idx, 12, eos_id=None))
+
+
+def test_onednn_linear_never_uses_a_stale_copy_of_its_weight():
+    from gpt2_lightning.model.onednn import OneDNNLinear
+
+    torch.manual_seed(0)
+    layer = OneDNNLinear(torch.nn.Linear(16, 8))
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        layer.weight.mul_(2)  # changed in place after the copy was made
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    layer.to(torch.bfloat16)
+    with torch.no_grad():
+        assert layer(x.bfloat16()).dtype == torch.bfloat16
+    out = layer.float()(x)  # with a gradient: the plain path, which autograd can follow
+    out.sum().backward()
+    assert layer.weight.grad is not None
+
+
+def test_inference_in_fp32_on_cpu_uses_onednn_where_it_measures_faster(tmp_path, monkeypatch):
+    import json
+
+    from gpt2_lightning.devices import for_inference
+    from gpt2_lightning.model.onednn import OneDNNLinear
+
+    monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path))
+    model = for_inference(GPTModel(TINY), "cpu", "float32")
+    [entry] = [v for k, v in json.loads((tmp_path / "calibration.json").read_text()).items() if "generate-onednn" in k]
+    assert set(entry["seconds"]) == {"float32", "onednn"}
+    assert isinstance(model.blocks[0].att.qkv, OneDNNLinear) == (entry["fastest"] == "onednn")
+    assert not any(isinstance(m, OneDNNLinear) for m in for_inference(GPTModel(TINY), "cpu", "bfloat16").modules())

@@ -37,13 +37,15 @@ def test_chunked_cross_entropy_without_gradient_keeps_no_buffer():
     torch.testing.assert_close(loss, F.cross_entropy(logits.detach(), targets))
 
 
-def test_masked_lm_loss_equals_full_head_cross_entropy_with_ignore_index():
+@pytest.mark.parametrize("masked", [True, False], ids=["prompt-and-padding", "every-position-scored"])
+def test_masked_lm_loss_equals_full_head_cross_entropy_with_ignore_index(masked):
     torch.manual_seed(0)
     model = GPTModel(TINY)
     idx = torch.randint(0, TINY.vocab_size, (3, 10))
     targets = torch.randint(0, TINY.vocab_size, (3, 10))
-    targets[0, :4] = IGNORE_INDEX  # a masked prompt
-    targets[2, 6:] = IGNORE_INDEX  # padding
+    if masked:
+        targets[0, :4] = IGNORE_INDEX  # a masked prompt
+        targets[2, 6:] = IGNORE_INDEX  # padding
     loss, count = masked_lm_loss(model, idx, targets)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -51,7 +53,7 @@ def test_masked_lm_loss_equals_full_head_cross_entropy_with_ignore_index():
 
     expected = F.cross_entropy(model(idx).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
     expected.backward()
-    assert count.item() == 30 - 4 - 4
+    assert count.item() == (30 - 4 - 4 if masked else 30)
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)

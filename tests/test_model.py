@@ -2,7 +2,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gpt2_lightning.model.gpt import GPT2_PRESETS, GPTConfig, GPTModel, _attention_mask, matmul_attention
+from gpt2_lightning.model.gpt import GPT2_PRESETS, GPTConfig, GPTModel, KeptPositions, _attention_mask, matmul_attention
 from gpt2_lightning.model.pretrained import convert_hf_state_dict, load_state_dict_checked
 from tests.conftest import REPO_ROOT
 from tests.hf_reference import hf_gpt2
@@ -95,12 +95,13 @@ def test_kept_prefixes_are_computed_as_in_the_full_batch(dtype):
     model = GPTModel(TINY).eval().to(dtype)
     idx = torch.randint(0, TINY.vocab_size, (3, 12))
     keep = torch.arange(12) < torch.tensor([[12], [5], [0]])
+    kept = KeptPositions(keep.flatten().nonzero().squeeze(1), 3, 12)
     with torch.no_grad():
-        packed, full = model.hidden_states(idx, keep=keep), model.hidden_states(idx)
+        packed, full = model.hidden_states(idx, kept=kept), model.hidden_states(idx)
     assert packed.shape == (12 + 5, TINY.emb_dim)
     torch.testing.assert_close(packed, full[keep], atol=1e-5 if dtype == torch.float32 else 0.02, rtol=0)
-    with pytest.raises(ValueError, match="keep and a KV cache"):
-        model.hidden_states(idx, model.new_cache(3), keep=keep)
+    with pytest.raises(ValueError, match="kept positions and a KV cache"):
+        model.hidden_states(idx, model.new_cache(3), kept=kept)
 
 
 def test_too_long_input_is_a_clear_error():

@@ -143,6 +143,26 @@ class KVCache:
         return view
 
 
+@dataclass(frozen=True)
+class KeptPositions:
+    """The positions of a ``[batch, seq]`` batch that are computed: ``index`` into the
+    flattened batch, in order, a prefix of each row. Integer indices rather than a boolean
+    mask, so that moving rows in and out never waits on the GPU."""
+
+    index: torch.Tensor
+    batch: int
+    seq: int
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """``[B, T, C]`` -> the kept rows ``[N, C]``."""
+        return values.reshape(self.batch * self.seq, -1).index_select(0, self.index)
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """The kept rows ``[N, C]`` -> ``[B, T, C]``, zeros elsewhere."""
+        flat = values.new_zeros(self.batch * self.seq, values.shape[-1]).index_copy(0, self.index, values)
+        return flat.view(self.batch, self.seq, -1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -154,12 +174,12 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                mask: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [B, T, C]``; or, with ``keep [B, T]``, only the kept positions ``[N, C]`` (each
-        row's kept positions come first): they are laid out ``[B, T]`` for attention alone."""
+                mask: torch.Tensor | None = None, kept: KeptPositions | None = None) -> torch.Tensor:
+        """``x [B, T, C]``; or, with ``kept``, only the kept positions ``[N, C]``: they are laid
+        out ``[B, T]`` for attention alone."""
         qkv = self.qkv(x)
-        if keep is not None:
-            qkv = qkv.new_zeros(*keep.shape, qkv.shape[-1]).index_put((keep,), qkv)
+        if kept is not None:
+            qkv = kept.scatter(qkv)
         batch, seq, _ = qkv.shape
         q, k, v = qkv.view(batch, seq, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         is_causal = bool(mask is None and (cache is None or cache.length == 0) and seq > 1)  # not symbolic
@@ -167,7 +187,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(layer, k, v)
         y = attention(q, k, v, mask, is_causal, dropout_p=self.drop_rate if self.training else 0.0)
         y = y.transpose(1, 2).reshape(batch, seq, -1)
-        return self.resid_drop(self.out_proj(y if keep is None else y[keep]))
+        return self.resid_drop(self.out_proj(y if kept is None else kept.gather(y)))
 
 
 # Largest query x key grid the matmul path takes: beyond it, SDPA's kernel is as fast and
@@ -240,8 +260,8 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                mask: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.att(self.norm1(x), cache, layer, mask, keep)
+                mask: torch.Tensor | None = None, kept: KeptPositions | None = None) -> torch.Tensor:
+        x = x + self.att(self.norm1(x), cache, layer, mask, kept)
         return x + self.ff(self.norm2(x))
 
 
@@ -283,16 +303,16 @@ class GPTModel(nn.Module):
                        pad_lengths=pad_lengths)
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
-                      keep: torch.Tensor | None = None) -> torch.Tensor:
+                      kept: KeptPositions | None = None) -> torch.Tensor:
         """The final-normed hidden states ``[B, T, emb_dim]`` (the input of the LM head).
 
-        ``keep [B, T]`` (no cache), True on a prefix of each row: compute only those positions
-        and return them ``[N, emb_dim]``. Causal attention makes them independent of the
-        rest, so the right padding of a batch costs nothing but in attention.
+        ``kept`` (no cache), a prefix of each row: compute only those positions and return
+        them ``[N, emb_dim]``. Causal attention makes them independent of the rest, so the
+        right padding of a batch costs nothing but in attention.
         """
         self._check_input(idx, cache)
-        if keep is not None and cache is not None:
-            raise ValueError("keep and a KV cache cannot be combined")
+        if kept is not None and cache is not None:
+            raise ValueError("kept positions and a KV cache cannot be combined")
         if idx.dtype not in (torch.int64, torch.int32):
             idx = idx.long()
         start = cache.length if cache is not None else 0
@@ -303,10 +323,10 @@ class GPTModel(nn.Module):
             if cache.pad_lengths is not None:
                 positions = (positions[None, :] - cache.pad_lengths[:, None]).clamp(min=0)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
-        if keep is not None:
-            x = x[keep]
+        if kept is not None:
+            x = kept.gather(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer, mask, keep)
+            x = block(x, cache, layer, mask, kept)
         if cache is not None:
             cache.advance(idx.shape[1])
         return self.final_norm(x)

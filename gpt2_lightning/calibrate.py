@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from gpt2_lightning.io import write_json
-from gpt2_lightning.model.onednn import OneDNNLinear
+from gpt2_lightning.onednn import OneDNNLinear
 from gpt2_lightning.resources import cache_dir
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def fastest_dtype(device: torch.device | str, workload: str, width: int) -> torc
 
 
 def onednn_faster(width: int) -> bool:
-    """Whether decoding through fp32 linear layers in oneDNN's layout (``model.onednn``) runs
+    """Whether decoding through fp32 linear layers in oneDNN's layout (``onednn``) runs
     faster on this CPU than torch's fp32 ``F.linear``, for a model of ``width``."""
     if not torch.backends.mkldnn.is_available():
         return False

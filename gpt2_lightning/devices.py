@@ -10,7 +10,7 @@ import torch
 
 from gpt2_lightning.calibrate import fastest_dtype, onednn_faster
 from gpt2_lightning.errors import ConfigError
-from gpt2_lightning.model.onednn import use_onednn_linears
+from gpt2_lightning.onednn import use_onednn_linears
 
 log = logging.getLogger(__name__)
 AUTO_PRECISION_VARIABLE = "GPT2_LIGHTNING_AUTO_PRECISION"
@@ -90,7 +90,7 @@ def inference_dtype(device: str | torch.device, requested: str = "auto", width: 
 def for_inference(model: torch.nn.Module, device: str | torch.device, dtype: str = "auto") -> torch.nn.Module:
     """``model`` on ``device`` (``auto``: CUDA where there is a GPU, else the CPU) in the
     generation dtype (see ``inference_dtype``), in eval mode; in fp32 on a CPU, its linear
-    layers through oneDNN where that measures faster (``model.onednn``: a second copy of
+    layers through oneDNN where that measures faster (``onednn``: a second copy of
     their weights, in oneDNN's layout)."""
     if device == "auto":
         device = default_device()

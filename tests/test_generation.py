@@ -92,7 +92,7 @@ def test_batched_prompts_of_different_lengths_answer_as_alone(pair):
 
 
 def test_onednn_linears_generate_the_same_tokens_and_keep_the_state_dict(pair):
-    from gpt2_lightning.model.onednn import OneDNNLinear, use_onednn_linears
+    from gpt2_lightning.onednn import OneDNNLinear, use_onednn_linears
 
     ours, _ = pair
     packed = use_onednn_linears(copy.deepcopy(ours).eval())
@@ -106,7 +106,7 @@ def test_onednn_linears_generate_the_same_tokens_and_keep_the_state_dict(pair):
 
 
 def test_onednn_linear_never_uses_a_stale_copy_of_its_weight():
-    from gpt2_lightning.model.onednn import OneDNNLinear
+    from gpt2_lightning.onednn import OneDNNLinear
 
     torch.manual_seed(0)
     layer = OneDNNLinear(torch.nn.Linear(16, 8))
@@ -126,7 +126,7 @@ def test_inference_in_fp32_on_cpu_uses_onednn_where_it_measures_faster(tmp_path,
     import json
 
     from gpt2_lightning.devices import for_inference
-    from gpt2_lightning.model.onednn import OneDNNLinear
+    from gpt2_lightning.onednn import OneDNNLinear
 
     monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path))
     model = for_inference(GPTModel(TINY), "cpu", "float32")

@@ -19,7 +19,7 @@ PUBLIC_API = ["GPTConfig", "GPTModel", "KVCache", "load_pretrained", "convert_hf
 
 # The stages in the order of the data flow; a module may import its own stage and those before it.
 LAYERS = [
-    {"errors", "io", "fetch", "calibrate", "devices", "allocator", "resources"},
+    {"errors", "io", "fetch", "calibrate", "devices", "allocator", "onednn", "resources"},
     {"model"},
     {"data"},
     {"generation"},

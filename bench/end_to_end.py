@@ -34,6 +34,7 @@ from gpt2_lightning.data.prompts import format_example, format_prompt  # noqa: E
 from gpt2_lightning.data.records import load_records, split_records  # noqa: E402
 from gpt2_lightning.devices import resolve_precision  # noqa: E402
 from gpt2_lightning.evaluate.plot import read_scalars  # noqa: E402
+from gpt2_lightning.export.load import load_model  # noqa: E402
 from gpt2_lightning.generation.sampling import generate  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402
 from gpt2_lightning.model.tokenizer import EOT_ID, encode  # noqa: E402
@@ -88,6 +89,12 @@ def val_loss(model, val_loader: DataLoader) -> float:
         return loader_loss(model, val_loader)
 
 
+def score(model, data: Path) -> float:
+    """Every side's final model scored alike: ``val_loss`` over the val split of ``data``."""
+    _, val, _ = split_records(load_records(data))
+    return val_loss(model.float(), eval_loader(val))
+
+
 def plain_loop(data: Path, epochs: int) -> tuple[float, float]:
     train, val, _ = split_records(load_records(data))
     torch.manual_seed(123)
@@ -128,25 +135,17 @@ def through_train_py(data: Path, epochs: int) -> tuple[float, float, str]:
         model, _ = model_from_checkpoint(Path(run_dir) / "checkpoints" / "last.ckpt")
     precision = log.split("precision ")[1].split()[0]
     print(f"train.py ran with precision {precision}; its last logged val_loss {logged:.4f}")
-    _, val, _ = split_records(load_records(data))
-    return elapsed, val_loss(model.float(), eval_loader(val)), precision
+    return elapsed, score(model, data), precision
 
 
 def through_trl(data: Path, epochs: int, bf16: bool) -> tuple[float, float]:
-    from transformers import GPT2LMHeadModel
-
-    from gpt2_lightning.model.pretrained import convert_hf_state_dict, load_state_dict_checked
-
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         subprocess.run([sys.executable, str(REPO / "bench" / "sft_trl.py"), f"--data={data}", f"--out={out}",
                         f"--epochs={epochs}", *(["--bf16"] if bf16 else [])], check=True)
         elapsed = time.perf_counter() - start
-        hf = GPT2LMHeadModel.from_pretrained(Path(out) / "model", dtype=torch.float32)
-    model = GPTModel(GPTConfig.from_name("gpt2-small"))
-    load_state_dict_checked(model, convert_hf_state_dict(hf.state_dict()))
-    _, val, _ = split_records(load_records(data))
-    return elapsed, val_loss(model, eval_loader(val))
+        model, _ = load_model(Path(out) / "model")  # the Hugging Face folder it saved
+    return elapsed, score(model, data)
 
 
 def main() -> None:

@@ -2,14 +2,16 @@
 
 Implementations, all holding the same weights, each with the same fused AdamW, batches and
 allocator setting, in one process:
-  ours      GPTModel + masked_lm_loss, as InstructionTuner trains
+  ours      GPTModel + masked_lm_loss, as InstructionTuner trains (in fp32 on a CPU, its linear
+            layers through oneDNN where the machine's calibration measured that faster)
   hf        Hugging Face GPT2LMHeadModel (sdpa) and its own loss function
   nanogpt   GPT-2 the way nanoGPT builds it (bench/nanogpt.py)
   NAME-compiled   the same through torch.compile (ours: the loss, with dynamic shapes, as
                   ``model.compile=true`` does; the peers: the model, as nanoGPT's train.py does)
 Batches:
   random    --batch x --seq random tokens, every position scored (MFU against the device's
-            measured peak matmul throughput in that dtype)
+            measured peak matmul throughput in that dtype: on a CPU in fp32, the faster of
+            torch's F.linear and oneDNN)
   seed      shuffled batches of 8 training records of the seed data, padded to the longest,
             padding not scored (what ``train.py`` trains on)
 Each implementation first runs every batch once (warm-up, compiling), then the implementations
@@ -37,7 +39,9 @@ from nanogpt import nanogpt_from  # noqa: E402
 from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
 from gpt2_lightning.data.dataset import InstructionCollator  # noqa: E402
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler  # noqa: E402
+from gpt2_lightning.devices import for_training  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig  # noqa: E402
+from gpt2_lightning.onednn import onednn_linear  # noqa: E402
 from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -51,13 +55,17 @@ def synchronize(device: torch.device) -> None:
 def peak_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
     n = 2048 if device.type == "cpu" else 8192
     a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    products = [lambda: a @ b]
+    if device.type == "cpu" and dtype == torch.float32:
+        products.append(lambda: onednn_linear(a, b))
     times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / min(times[2:])
+    for product in products:
+        for _ in range(7):
+            start = time.perf_counter()
+            product()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / min(times)
 
 
 def training_flops_per_token(cfg: GPTConfig, seq: int) -> float:
@@ -66,12 +74,14 @@ def training_flops_per_token(cfg: GPTConfig, seq: int) -> float:
     return 6 * params + 12 * cfg.n_layers * cfg.emb_dim * seq
 
 
-def loss_function(name: str, cfg: GPTConfig, device: torch.device):
+def loss_function(name: str, cfg: GPTConfig, device: torch.device, precision: str):
     """``(model, loss(x, y))`` for implementation ``name``; y: the target of each position."""
     base, compiled = name.removesuffix("-compiled"), name.endswith("-compiled")
     ours, hf = model_pair(cfg)
     if base == "ours":
         model = ours.to(device).train()
+        if not compiled:
+            for_training(model, device, "32-true" if precision == "fp32" else "bf16-mixed")
         loss = torch.compile(masked_lm_loss, dynamic=True) if compiled else masked_lm_loss
         return model, lambda x, y: loss(model, x, y)[0]
     if base == "hf":
@@ -105,7 +115,7 @@ def timed_passes(names, cfg, batches, precision, device, repeats) -> dict[str, l
 
     sides = {}
     for name in names:
-        model, loss_fn = loss_function(name, cfg, device)
+        model, loss_fn = loss_function(name, cfg, device, precision)
         sides[name] = (loss_fn, torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True))
         one_pass(*sides[name])
     times = {name: [] for name in names}

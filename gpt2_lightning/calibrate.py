@@ -32,25 +32,30 @@ TOKENS = {"train": 256, "generate": 1}  # a training batch's tokens; one decoded
 def fastest_dtype(device: torch.device | str, workload: str, width: int) -> torch.dtype:
     """fp32 or bf16, whichever runs ``workload`` (``train``: matmuls of a batch of tokens and
     their gradients; ``generate``: one token through the weights) faster on ``device`` for a
-    model of ``width``; never a dtype slower than fp32."""
+    model of ``width``; never a dtype slower than fp32 (on a CPU, fp32 as it would run:
+    through oneDNN where that measures faster, see ``onednn_faster``)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Processes started apart (torchrun, SLURM) could measure, or remember, apart and
         # disagree; the ones Lightning starts inherit the first process's choice instead.
         return torch.float32
     device = torch.device(device)
-    fastest = _fastest(device, workload, width, {
-        str(dtype).removeprefix("torch."): functools.partial(_time, device, workload, min(width, 768), dtype)
-        for dtype in (torch.float32, torch.bfloat16)})
-    return getattr(torch, fastest)
+    timed = functools.partial(_time, device, workload, min(width, 768))
+    fp32 = "float32"
+    if device.type == "cpu" and onednn_faster(width, workload):
+        fp32, timed = "float32+onednn", functools.partial(timed, onednn=True)
+    fastest = _fastest(device, workload, width, {fp32: functools.partial(timed, torch.float32),
+                                                 "bfloat16": functools.partial(timed, torch.bfloat16)})
+    return torch.bfloat16 if fastest == "bfloat16" else torch.float32
 
 
-def onednn_faster(width: int) -> bool:
-    """Whether decoding through fp32 linear layers in oneDNN's layout (``onednn``) runs
-    faster on this CPU than torch's fp32 ``F.linear``, for a model of ``width``."""
+def onednn_faster(width: int, workload: str) -> bool:
+    """Whether ``workload`` (see ``fastest_dtype``) runs faster on this CPU with its fp32 linear
+    layers through oneDNN (``OneDNNLinear``) than through torch's ``F.linear``, for a model of
+    ``width``."""
     if not torch.backends.mkldnn.is_available():
         return False
-    timed = functools.partial(_time, torch.device("cpu"), "generate", min(width, 768), torch.float32)
-    fastest = _fastest(torch.device("cpu"), "generate-onednn", width,
+    timed = functools.partial(_time, torch.device("cpu"), workload, min(width, 768), torch.float32)
+    fastest = _fastest(torch.device("cpu"), workload, width,
                        {"float32": timed, "onednn": functools.partial(timed, onednn=True)})
     return fastest == "onednn"
 
@@ -59,7 +64,7 @@ def _fastest(device: torch.device, workload: str, width: int, candidates: dict) 
     """The name of the fastest of ``candidates`` (name -> seconds of a timed run), the first
     name being the baseline another must beat by 5%; remembered per machine in the cache."""
     here = machine()
-    key = f"{here} | {device.type} | {workload} | width {width}"
+    key = f"{here} | {device.type} | {workload} | width {width} | {' vs '.join(candidates)}"
     path = cache_dir() / CACHE_FILE
     known = _read(path)
     if key in known:

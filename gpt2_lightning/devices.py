@@ -90,12 +90,21 @@ def inference_dtype(device: str | torch.device, requested: str = "auto", width: 
 def for_inference(model: torch.nn.Module, device: str | torch.device, dtype: str = "auto") -> torch.nn.Module:
     """``model`` on ``device`` (``auto``: CUDA where there is a GPU, else the CPU) in the
     generation dtype (see ``inference_dtype``), in eval mode; in fp32 on a CPU, its linear
-    layers through oneDNN where that measures faster (``onednn``: a second copy of
-    their weights, in oneDNN's layout)."""
+    layers through oneDNN where that measures faster (see ``onednn``)."""
     if device == "auto":
         device = default_device()
     width = getattr(getattr(model, "cfg", None), "emb_dim", 768)
     model = model.to(device, inference_dtype(device, dtype, width)).eval()
-    if torch.device(device).type == "cpu" and next(model.parameters()).dtype == torch.float32 and onednn_faster(width):
+    if torch.device(device).type == "cpu" and next(model.parameters()).dtype == torch.float32 and \
+            onednn_faster(width, "generate"):
+        use_onednn_linears(model)
+    return model
+
+
+def for_training(model: torch.nn.Module, device: str | torch.device, precision: str) -> torch.nn.Module:
+    """``model`` as it trains on ``device`` in Lightning's ``precision``: in fp32 on a CPU, its
+    linear layers through oneDNN where that measures faster (see ``onednn``)."""
+    width = getattr(getattr(model, "cfg", None), "emb_dim", 768)
+    if torch.device(device).type == "cpu" and precision in ("32-true", "32") and onednn_faster(width, "train"):
         use_onednn_linears(model)
     return model

@@ -1,10 +1,11 @@
-"""fp32 linear layers through oneDNN for generation on a CPU.
+"""fp32 linear layers through oneDNN on a CPU, for training and generation.
 
-torch's fp32 ``F.linear`` on a CPU calls a BLAS that, on some CPUs, streams the weights of a
-decoding step (1-16 rows of input) at a fraction of the memory bandwidth; oneDNN's inner
-product over a weight copy in its own layout does not (AMD EPYC, 2 threads, all of
-gpt2-small's linear layers: 28.7 -> 14.4 ms for one row, 61.9 -> 28.7 ms for 16). Whether
-it pays on this machine is measured (``calibrate.onednn_faster``), not assumed.
+torch's fp32 ``F.linear`` on a CPU calls MKL, which on AMD CPUs runs code for narrower
+vectors than the CPU has. On one AMD EPYC (2 threads) it reached 140-215 GFLOP/s on
+gpt2-small's linear layers where oneDNN's inner product over the same fp32 tensors reached
+300-480, with the same fp32 arithmetic, and it streamed a decoding step's weights at a third
+of the speed. Where MKL runs at full width the two are alike, so whether oneDNN pays is
+measured on the machine (``calibrate.onednn_faster``), not assumed.
 """
 
 from __future__ import annotations
@@ -12,37 +13,57 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+
+def _inner_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` by oneDNN; any strides, no copy of ``weight``."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return _inner_product(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.shape[-1])
+        grad_x = _inner_product(grad, weight.t()) if ctx.needs_input_grad[0] else None
+        grad_weight = _inner_product(rows.t(), x.reshape(-1, x.shape[-1]).t()) if ctx.needs_input_grad[1] else None
+        grad_bias = rows.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` through oneDNN where it applies (fp32 CPU tensors, outside autocast and
+    ``torch.compile``), with its gradients through oneDNN too; ``F.linear`` elsewhere."""
+    if (x.dtype == weight.dtype == torch.float32 and x.device.type == weight.device.type == "cpu"
+            and x.numel() and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+        return _OneDNNLinearFunction.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 class OneDNNLinear(nn.Linear):
-    """An ``nn.Linear`` holding the same parameters (its state dict is unchanged) plus a copy
-    of its weight in oneDNN's layout, used while no gradient is taken and the parameters are
-    the fp32 CPU tensors the copy was made from; otherwise it is a plain ``nn.Linear``."""
+    """An ``nn.Linear`` holding the same parameters (its state dict is unchanged, ties stay
+    tied) whose fp32 CPU product, and its gradients, go through oneDNN."""
 
     def __init__(self, linear: nn.Linear):
         nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight, self.bias = linear.weight, linear.bias  # the same Parameters: ties stay tied
-        self._packed = [t.detach().to_mkldnn() if t is not None else None for t in (self.weight, self.bias)]
-        self._source = self._identity()
-
-    def _identity(self) -> tuple:
-        """What tells the parameters apart from those the copy was made of (inference tensors,
-        which only inference mode may change, count no versions)."""
-        return tuple((t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device)
-                     if t is not None else None for t in (self.weight, self.bias))
+        self.weight, self.bias = linear.weight, linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.dtype != torch.float32 or self._identity() != self._source:
-            return F.linear(x, self.weight, self.bias)
-        out = torch._C._nn.mkldnn_linear(x.reshape(-1, x.shape[-1]).to_mkldnn(), *self._packed)
-        return out.to_dense().view(*x.shape[:-1], self.out_features)
+        return onednn_linear(x, self.weight, self.bias)
 
 
 def use_onednn_linears(model: nn.Module) -> nn.Module:
-    """Replace every plain fp32 CPU ``nn.Linear`` of ``model`` (in place) by a ``OneDNNLinear``."""
+    """Replace every plain ``nn.Linear`` of ``model`` (in place) by a ``OneDNNLinear``."""
     for module in list(model.modules()):
         for name, child in module.named_children():
-            if type(child) is nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu":
+            if type(child) is nn.Linear:
                 setattr(module, name, OneDNNLinear(child))
     return model

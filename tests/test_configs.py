@@ -83,17 +83,22 @@ def test_auto_precision_is_measured_once_per_machine_and_never_slower_than_fp32(
     monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path))
     chosen = resolve_precision("auto", "cpu", width=256)
     calibration = tmp_path / "calibration.json"
-    [(key, entry)] = json.loads(calibration.read_text()).items()
-    assert "| cpu | train | width 256" in key
-    assert chosen == {"bfloat16": "bf16-mixed", "float32": "32-true"}[entry["fastest"]]
-    assert entry["seconds"][entry["fastest"]] <= entry["seconds"]["float32"]  # never slower than fp32
+    measured = json.loads(calibration.read_text())
+    [(key, entry)] = [(k, v) for k, v in measured.items() if "bfloat16" in v["seconds"]]
+    assert "| cpu | train | width 256 |" in key
+    # fp32 races as it would train: through oneDNN where that measured faster than F.linear
+    [onednn] = [v for k, v in measured.items() if k.endswith("| train | width 256 | float32 vs onednn")]
+    fp32 = "float32+onednn" if onednn["fastest"] == "onednn" else "float32"
+    assert set(entry["seconds"]) == {fp32, "bfloat16"}
+    assert chosen == ("bf16-mixed" if entry["fastest"] == "bfloat16" else "32-true")
+    assert entry["seconds"][entry["fastest"]] <= entry["seconds"][fp32]  # never slower than fp32
     measured_at = calibration.stat().st_mtime_ns
     assert resolve_precision("auto", "cpu", width=256) == chosen and calibration.stat().st_mtime_ns == measured_at
     generation = inference_dtype("cpu", "auto", width=256)  # its own workload, measured apart
-    assert json.loads(calibration.read_text())[key.replace("train", "generate")]["fastest"] == \
-        str(generation).removeprefix("torch.")
+    [generate] = [v for k, v in json.loads(calibration.read_text()).items()
+                  if "| generate | width 256 |" in k and "bfloat16" in v["seconds"]]
+    assert generation == (torch.bfloat16 if generate["fastest"] == "bfloat16" else torch.float32)
     assert fastest_dtype("cpu", "generate", 256) == generation and resolve_precision("32-true", "cpu") == "32-true"
-    assert isinstance(generation, torch.dtype)
 
 
 def test_processes_of_one_run_agree_on_the_auto_precision(tmp_path, monkeypatch):

@@ -95,31 +95,40 @@ def test_onednn_linears_generate_the_same_tokens_and_keep_the_state_dict(pair):
     from gpt2_lightning.onednn import OneDNNLinear, use_onednn_linears
 
     ours, _ = pair
-    packed = use_onednn_linears(copy.deepcopy(ours).eval())
-    assert sum(isinstance(m, OneDNNLinear) for m in packed.modules()) == 4 * TINY.n_layers + 1
-    assert packed.out_head.weight is packed.tok_emb.weight  # still tied
-    assert packed.state_dict().keys() == ours.state_dict().keys()
+    onednn = use_onednn_linears(copy.deepcopy(ours).eval())
+    assert sum(isinstance(m, OneDNNLinear) for m in onednn.modules()) == 4 * TINY.n_layers + 1
+    assert onednn.out_head.weight is onednn.tok_emb.weight  # still tied
+    assert onednn.state_dict().keys() == ours.state_dict().keys()
     idx = torch.randint(0, TINY.vocab_size, (3, 9), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        torch.testing.assert_close(packed(idx), ours(idx), atol=1e-4, rtol=1e-4)
-        assert torch.equal(generate(packed, idx, 12, eos_id=None), generate(ours, idx, 12, eos_id=None))
+        torch.testing.assert_close(onednn(idx), ours(idx), atol=1e-4, rtol=1e-4)
+        assert torch.equal(generate(onednn, idx, 12, eos_id=None), generate(ours, idx, 12, eos_id=None))
 
 
-def test_onednn_linear_never_uses_a_stale_copy_of_its_weight():
+def test_onednn_linear_gives_the_outputs_and_gradients_of_nn_linear():
     from gpt2_lightning.onednn import OneDNNLinear
 
     torch.manual_seed(0)
-    layer = OneDNNLinear(torch.nn.Linear(16, 8))
-    x = torch.randn(2, 16)
-    with torch.no_grad():
-        layer.weight.mul_(2)  # changed in place after the copy was made
-        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
-    layer.to(torch.bfloat16)
-    with torch.no_grad():
-        assert layer(x.bfloat16()).dtype == torch.bfloat16
-    out = layer.float()(x)  # with a gradient: the plain path, which autograd can follow
-    out.sum().backward()
-    assert layer.weight.grad is not None
+    plain = torch.nn.Linear(96, 200)
+    onednn = OneDNNLinear(copy.deepcopy(plain))
+    for x in (torch.randn(3, 7, 96), torch.randn(96, 50).t()):  # batched; rows with strides
+        grad = torch.randn(*x.shape[:-1], 200)
+        results = []
+        for layer in (plain, onednn):
+            layer.zero_grad(set_to_none=True)
+            x_ = x.clone().requires_grad_()
+            out = layer(x_)
+            out.backward(grad)
+            results.append((out, x_.grad, layer.weight.grad, layer.bias.grad))
+        for theirs, ours in zip(*results):
+            torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    onednn.zero_grad(set_to_none=True)
+    onednn.weight.requires_grad_(False)  # frozen (LoRA's base): no gradient made for it
+    onednn(torch.randn(4, 96, requires_grad=True)).sum().backward()
+    assert onednn.weight.grad is None and onednn.bias.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own bf16 product
+        assert onednn(torch.randn(4, 96)).dtype == torch.bfloat16
+    assert onednn.to(torch.bfloat16)(torch.randn(4, 96, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
 def test_inference_in_fp32_on_cpu_uses_onednn_where_it_measures_faster(tmp_path, monkeypatch):
@@ -130,7 +139,8 @@ def test_inference_in_fp32_on_cpu_uses_onednn_where_it_measures_faster(tmp_path,
 
     monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path))
     model = for_inference(GPTModel(TINY), "cpu", "float32")
-    [entry] = [v for k, v in json.loads((tmp_path / "calibration.json").read_text()).items() if "generate-onednn" in k]
+    [entry] = [v for k, v in json.loads((tmp_path / "calibration.json").read_text()).items()
+               if k.endswith("| generate | width 32 | float32 vs onednn")]
     assert set(entry["seconds"]) == {"float32", "onednn"}
     assert isinstance(model.blocks[0].att.qkv, OneDNNLinear) == (entry["fastest"] == "onednn")
     assert not any(isinstance(m, OneDNNLinear) for m in for_inference(GPTModel(TINY), "cpu", "bfloat16").modules())

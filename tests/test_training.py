@@ -156,6 +156,34 @@ def test_model_compile_compiles_the_training_loss_and_trains_as_eager(tmp_path):
     assert [v for _, v in compiled] == pytest.approx([v for _, v in eager], rel=1e-4)
 
 
+def test_fp32_training_on_cpu_goes_through_onednn_where_measured_faster_and_trains_as_f_linear(tmp_path,
+                                                                                                monkeypatch):
+    import json
+
+    from gpt2_lightning.calibrate import CACHE_FILE, machine
+    from gpt2_lightning.onednn import OneDNNLinear
+
+    class Linears(Callback):
+        def on_train_end(self, trainer, pl_module):
+            self.onednn = sum(isinstance(m, OneDNNLinear) for m in pl_module.model.modules())
+
+    steps = (*TINY_RUN, "trainer.precision=32-true", "trainer.max_steps=3", "trainer.log_every_n_steps=1",
+             "+trainer.limit_val_batches=0", "~callbacks.response_sample")
+    measured = f"{machine()} | cpu | train | width 64 | float32 vs onednn"
+    losses = {}
+    for fastest in ("onednn", "float32"):  # what the machine's calibration found
+        cache = tmp_path / fastest / "cache"
+        cache.mkdir(parents=True)
+        (cache / CACHE_FILE).write_text(json.dumps({measured: {"fastest": fastest, "seconds": {}}}))
+        monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(cache))
+        linears = Linears()
+        run(compose_train(tmp_path / fastest, *steps), extra_callbacks=[linears])
+        assert linears.onednn == (4 * 2 + 1 if fastest == "onednn" else 0)
+        losses[fastest] = [v for _, v in read_scalars(tmp_path / fastest / "tensorboard")["train_loss"]]
+    assert len(losses["onednn"]) == 3
+    assert losses["onednn"] == pytest.approx(losses["float32"], rel=1e-5)
+
+
 class RecordSaves(Callback):
     """The name and global step of every checkpoint the run writes, through its real writer."""
 

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torchmetrics import MeanMetric
 
+from gpt2_lightning.devices import for_training
 from gpt2_lightning.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 from gpt2_lightning.model.lora import LoRAConfig, add_lora, is_adapter_key
@@ -78,6 +79,8 @@ class InstructionTuner(L.LightningModule):
     def configure_model(self) -> None:
         if self.hparams.compile:  # what training runs (the loss), not forward; parameter names stay the same
             self.loss_fn = torch.compile(masked_lm_loss, dynamic=True)
+        else:
+            for_training(self.model, self.trainer.strategy.root_device, str(self.trainer.precision))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)

@@ -28,6 +28,32 @@ def test_chunked_cross_entropy_equals_torch_in_value_and_gradient(dtype, chunk_r
     torch.testing.assert_close(logits.grad.float(), expected_grad.float(), atol=1e-6, rtol=1e-2)
 
 
+@pytest.mark.parametrize("kind", ["fp32", "fp32 through oneDNN", "bf16 autocast"])
+def test_head_logits_in_vocabulary_blocks_equal_the_head_in_value_and_gradients(kind):
+    from gpt2_lightning.onednn import OneDNNLinear
+    from gpt2_lightning.train.loss import VOCAB_BLOCK_ROWS, head_logits
+
+    gen = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(32, 2 * VOCAB_BLOCK_ROWS + 5, bias=False)  # two whole blocks and a part
+    if kind == "fp32 through oneDNN":
+        head = OneDNNLinear(head)
+    hidden = torch.randn(9, 32, generator=gen)
+    grad = torch.randn(9, head.out_features, generator=gen)
+    results = []
+    for product in (head, lambda h: head_logits(head, h)):
+        head.weight.grad = None
+        h = hidden.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "bf16 autocast"):
+            logits = product(h)
+        logits.backward(grad.to(logits.dtype))
+        results.append((logits, h.grad, head.weight.grad))
+    (logits, grad_hidden, grad_weight), (blocked, blocked_grad_hidden, blocked_grad_weight) = results
+    assert blocked.dtype == logits.dtype and blocked_grad_weight.dtype == torch.float32
+    torch.testing.assert_close(blocked, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(blocked_grad_hidden, grad_hidden, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(blocked_grad_weight, grad_weight, atol=1e-5, rtol=1e-5)
+
+
 def test_chunked_cross_entropy_without_gradient_keeps_no_buffer():
     logits = torch.randn(6, 50, requires_grad=True)
     targets = torch.randint(0, 50, (6,))

@@ -18,6 +18,12 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and _CACHE.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_CACHE)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU's), so that a timer measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
     """min / median / max seconds of ``fn()`` over ``repeats`` runs after ``warmup``."""
     for _ in range(warmup):

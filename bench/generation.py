@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SEED_DATA, fmt, machine, model_pair, timeit  # noqa: E402
+from common import SEED_DATA, fmt, machine, model_pair, synchronize, timeit  # noqa: E402
 
 from gpt2_lightning.devices import for_inference  # noqa: E402
 from gpt2_lightning.generation.sampling import generate  # noqa: E402
@@ -43,8 +43,7 @@ def main() -> None:
     def timed(fn):
         def run():
             fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
         return timeit(run, args.repeats)
 
     with torch.inference_mode():

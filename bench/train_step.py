@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SEED_DATA, machine, model_pair, train_split  # noqa: E402
+from common import SEED_DATA, machine, model_pair, synchronize, train_split  # noqa: E402
 from nanogpt import nanogpt_from  # noqa: E402
 
 from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
@@ -45,11 +45,6 @@ from gpt2_lightning.onednn import onednn_linear  # noqa: E402
 from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def peak_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:

@@ -93,7 +93,7 @@ def for_inference(model: torch.nn.Module, device: str | torch.device, dtype: str
     layers through oneDNN where that measures faster (see ``onednn``)."""
     if device == "auto":
         device = default_device()
-    width = getattr(getattr(model, "cfg", None), "emb_dim", 768)
+    width = _width(model)
     model = model.to(device, inference_dtype(device, dtype, width)).eval()
     if torch.device(device).type == "cpu" and next(model.parameters()).dtype == torch.float32 and \
             onednn_faster(width, "generate"):
@@ -104,7 +104,12 @@ def for_inference(model: torch.nn.Module, device: str | torch.device, dtype: str
 def for_training(model: torch.nn.Module, device: str | torch.device, precision: str) -> torch.nn.Module:
     """``model`` as it trains on ``device`` in Lightning's ``precision``: in fp32 on a CPU, its
     linear layers through oneDNN where that measures faster (see ``onednn``)."""
-    width = getattr(getattr(model, "cfg", None), "emb_dim", 768)
+    width = _width(model)
     if torch.device(device).type == "cpu" and precision in ("32-true", "32") and onednn_faster(width, "train"):
         use_onednn_linears(model)
     return model
+
+
+def _width(model: torch.nn.Module) -> int:
+    """The model's residual width (what the calibration measures for), 768 where it has no config."""
+    return getattr(getattr(model, "cfg", None), "emb_dim", 768)

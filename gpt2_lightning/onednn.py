@@ -15,10 +15,31 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+# Output rows per block of a weight gradient: one product over the 50257 rows of GPT-2's LM
+# head ran 2.3x slower in bf16 and 1.5x slower in fp32 through oneDNN than blocks of 2048-16384
+# rows, which measured alike (AMD EPYC, 447 input rows of gpt2-small).
+WEIGHT_GRAD_BLOCK_ROWS = 8192
+
 
 def _inner_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias`` by oneDNN; any strides, no copy of ``weight``."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def onednn_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.mm(a, b, out=out)`` by oneDNN."""
+    product = _inner_product(a, b.t())
+    return product if out is None else out.copy_(product)
+
+
+def weight_gradient(grad: torch.Tensor, x: torch.Tensor, mm=torch.mm) -> torch.Tensor:
+    """``grad.T @ x`` (``[out, in]`` for ``grad [N, out]``, ``x [N, in]``) by ``mm``,
+    ``WEIGHT_GRAD_BLOCK_ROWS`` output rows at a time."""
+    result = grad.new_empty(grad.shape[1], x.shape[1])
+    for start in range(0, len(result), WEIGHT_GRAD_BLOCK_ROWS):
+        rows = slice(start, start + WEIGHT_GRAD_BLOCK_ROWS)
+        mm(grad[:, rows].t(), x, out=result[rows])
+    return result
 
 
 class _OneDNNLinearFunction(torch.autograd.Function):
@@ -32,8 +53,9 @@ class _OneDNNLinearFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         rows = grad.reshape(-1, grad.shape[-1])
-        grad_x = _inner_product(grad, weight.t()) if ctx.needs_input_grad[0] else None
-        grad_weight = _inner_product(rows.t(), x.reshape(-1, x.shape[-1]).t()) if ctx.needs_input_grad[1] else None
+        grad_x = onednn_mm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = (weight_gradient(rows, x.reshape(-1, x.shape[-1]), onednn_mm)
+                       if ctx.needs_input_grad[1] else None)
         grad_bias = rows.sum(0) if ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
 

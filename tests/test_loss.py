@@ -30,11 +30,11 @@ def test_chunked_cross_entropy_equals_torch_in_value_and_gradient(dtype, chunk_r
 
 @pytest.mark.parametrize("kind", ["fp32", "fp32 through oneDNN", "bf16 autocast"])
 def test_head_logits_in_vocabulary_blocks_equal_the_head_in_value_and_gradients(kind):
-    from gpt2_lightning.onednn import OneDNNLinear
-    from gpt2_lightning.train.loss import VOCAB_BLOCK_ROWS, head_logits
+    from gpt2_lightning.onednn import WEIGHT_GRAD_BLOCK_ROWS, OneDNNLinear
+    from gpt2_lightning.train.loss import head_logits
 
     gen = torch.Generator().manual_seed(0)
-    head = torch.nn.Linear(32, 2 * VOCAB_BLOCK_ROWS + 5, bias=False)  # two whole blocks and a part
+    head = torch.nn.Linear(32, 2 * WEIGHT_GRAD_BLOCK_ROWS + 5, bias=False)  # two whole blocks and a part
     if kind == "fp32 through oneDNN":
         head = OneDNNLinear(head)
     hidden = torch.randn(9, 32, generator=gen)

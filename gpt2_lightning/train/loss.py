@@ -9,14 +9,12 @@ from torch.autograd.function import once_differentiable
 
 from gpt2_lightning.data.dataset import IGNORE_INDEX
 from gpt2_lightning.model.gpt import GPTModel, KeptPositions
-from gpt2_lightning.onednn import OneDNNLinear, onednn_linear
+from gpt2_lightning.onednn import WEIGHT_GRAD_BLOCK_ROWS, OneDNNLinear, onednn_mm, weight_gradient
 
 # Logit elements per chunk of rows on CPU: 2^18-2^20 measured fastest (AMD EPYC, 2048 x 50257
 # logits, forward + backward: 169-172 ms fp32 and 144-168 ms bf16 logits, against 176-282 /
 # 216-372 ms for 2^22-2^26 and 328 / 503 ms for F.cross_entropy).
 CPU_CHUNK_ELEMENTS = 1 << 20
-# Vocabulary rows per block of the LM head's weight gradient on CPU: 2048-16384 measured alike.
-VOCAB_BLOCK_ROWS = 8192
 
 
 def masked_lm_loss(model: GPTModel, input_ids: torch.Tensor, targets: torch.Tensor
@@ -55,10 +53,9 @@ def masked_lm_loss(model: GPTModel, input_ids: torch.Tensor, targets: torch.Tens
 
 
 def head_logits(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
-    """``head(hidden)``; on a CPU with the weight's gradient computed ``VOCAB_BLOCK_ROWS`` rows
-    of the vocabulary at a time, which runs 1.5-2.3x faster than one product over all of them
-    (AMD EPYC, 447 rows of gpt2-small: bf16 360 -> 815 GFLOP/s, fp32 through oneDNN 205 -> 299)."""
-    if (hidden.device.type != "cpu" or head.bias is not None or head.weight.shape[0] <= VOCAB_BLOCK_ROWS
+    """``head(hidden)``; on a CPU with the weight's gradient computed in blocks of vocabulary rows
+    (``onednn.weight_gradient``), also under autocast, where the head is not a ``OneDNNLinear``."""
+    if (hidden.device.type != "cpu" or head.bias is not None or head.weight.shape[0] <= WEIGHT_GRAD_BLOCK_ROWS
             or torch.compiler.is_compiling()):
         return head(hidden)
     return _VocabBlockedHead.apply(hidden, head.weight, isinstance(head, OneDNNLinear))
@@ -66,34 +63,24 @@ def head_logits(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
 
 class _VocabBlockedHead(torch.autograd.Function):
     """``hidden @ weight.T`` in the autocast dtype where autocast is on (as ``F.linear`` would
-    run), through oneDNN where ``onednn``."""
+    run), through oneDNN where ``onednn`` and fp32."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, onednn: bool) -> torch.Tensor:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
-        with torch.autocast("cpu", enabled=False):
-            hidden_, weight_ = hidden.to(dtype), weight.to(dtype)
-            ctx.save_for_backward(hidden_, weight_)
-            ctx.onednn, ctx.dtypes = onednn and dtype == torch.float32, (hidden.dtype, weight.dtype)
-            return onednn_linear(hidden_, weight_) if ctx.onednn else F.linear(hidden_, weight_)
+        hidden_, weight_ = hidden.to(dtype), weight.to(dtype)
+        ctx.save_for_backward(hidden_, weight_)
+        ctx.mm = onednn_mm if onednn and dtype == torch.float32 else torch.mm
+        ctx.dtypes = hidden.dtype, weight.dtype
+        return ctx.mm(hidden_, weight_.t())
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         hidden, weight = ctx.saved_tensors
         grad = grad.to(weight.dtype)
-        grad_hidden = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_hidden = (onednn_linear(grad, weight.t()) if ctx.onednn else grad @ weight).to(ctx.dtypes[0])
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.empty_like(weight)
-            for start in range(0, weight.shape[0], VOCAB_BLOCK_ROWS):
-                rows = slice(start, start + VOCAB_BLOCK_ROWS)
-                if ctx.onednn:
-                    grad_weight[rows] = onednn_linear(grad[:, rows].t(), hidden.t())
-                else:
-                    torch.mm(grad[:, rows].t(), hidden, out=grad_weight[rows])
-            grad_weight = grad_weight.to(ctx.dtypes[1])
+        grad_hidden = ctx.mm(grad, weight).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        grad_weight = weight_gradient(grad, hidden, ctx.mm).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
         return grad_hidden, grad_weight, None
 
 

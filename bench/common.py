@@ -37,7 +37,7 @@ def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[
 
 
 def machine() -> str:
-    from gpt2_lightning.calibrate import cpu_model
+    from gpt2_lightning.backends.machine import cpu_model
 
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}"

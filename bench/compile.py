@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SEED_DATA, machine, train_split  # noqa: E402
 
-from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
+from gpt2_lightning.backends.cpu.allocator import keep_freed_memory  # noqa: E402
 from gpt2_lightning.data.dataset import InstructionCollator  # noqa: E402
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402

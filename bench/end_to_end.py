@@ -32,7 +32,7 @@ from common import SEED_DATA, machine  # noqa: E402
 
 from gpt2_lightning.data.prompts import format_example, format_prompt  # noqa: E402
 from gpt2_lightning.data.records import load_records, split_records  # noqa: E402
-from gpt2_lightning.devices import resolve_precision  # noqa: E402
+from gpt2_lightning.backends import training_device, training_plan  # noqa: E402
 from gpt2_lightning.evaluate.plot import read_scalars  # noqa: E402
 from gpt2_lightning.export.load import load_model  # noqa: E402
 from gpt2_lightning.generation.sampling import generate  # noqa: E402
@@ -159,7 +159,7 @@ def main() -> None:
     if "ours" in args.sides:
         results["ours"] = through_train_py(args.data, args.epochs)
     if "trl" in args.sides:  # in the precision train.py chose (or would choose) here
-        precision = results["ours"][2] if "ours" in results else resolve_precision("auto", "auto")
+        precision = results["ours"][2] if "ours" in results else training_plan(training_device("auto")).precision
         results["trl"] = (*through_trl(args.data, args.epochs, precision.startswith("bf16")), precision)
     if "baseline" in args.sides:
         results["baseline"] = (*plain_loop(args.data, args.epochs), "32-true")

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SEED_DATA, fmt, machine, model_pair, synchronize, timeit  # noqa: E402
 
-from gpt2_lightning.devices import for_inference  # noqa: E402
+from gpt2_lightning.generation.placement import placed_for_generation  # noqa: E402
 from gpt2_lightning.generation.sampling import generate  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig  # noqa: E402
 
@@ -37,7 +37,7 @@ def main() -> None:
     print(machine(), flush=True)
     device = torch.device(args.device)
     ours, hf = model_pair(GPTConfig.from_name("gpt2-small"))
-    default = for_inference(copy.deepcopy(ours), device)  # as respond / chat / serve run it
+    default = placed_for_generation(copy.deepcopy(ours), device=device)  # as respond / chat / serve run it
     print(f"generation dtype chosen by measurement here: {str(default.tok_emb.weight.dtype)[6:]}", flush=True)
 
     def timed(fn):
@@ -48,7 +48,7 @@ def main() -> None:
 
     with torch.inference_mode():
         for dtype in args.dtype:
-            ours_d = for_inference(copy.deepcopy(ours), device, dtype)  # as respond runs it in that dtype
+            ours_d = placed_for_generation(copy.deepcopy(ours), device=device, dtype=dtype)  # as respond runs it in that dtype
             hf_d = hf.to(device, getattr(torch, dtype))
             for batch in args.batch:
                 idx = torch.randint(0, 50257, (batch, PROMPT), generator=torch.Generator().manual_seed(0)).to(device)
@@ -64,7 +64,7 @@ def main() -> None:
                     print(f"{dtype:8s} batch {batch:2d} {mode:7s}: ours {rate:7.1f} tokens/s, HF generate "
                           f"{peer_rate:7.1f} tokens/s: {rate / peer_rate:.2f}x  (ours {fmt(mine)}; HF {fmt(peer)})",
                           flush=True)
-        fp32 = for_inference(ours, device, "float32")
+        fp32 = placed_for_generation(ours, device=device, dtype="float32")
         idx = torch.randint(0, 50257, (1, PROMPT), generator=torch.Generator().manual_seed(0)).to(device)
         cached = timed(lambda: generate(fp32, idx, NEW, eos_id=None))
         uncached = timed(lambda: generate(fp32, idx, NEW, eos_id=None, use_cache=False))

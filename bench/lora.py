@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt, machine, timeit  # noqa: E402
 
-from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
+from gpt2_lightning.backends.cpu.allocator import keep_freed_memory  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402
 from gpt2_lightning.model.lora import LoRAConfig, add_lora  # noqa: E402
 from gpt2_lightning.model.pretrained import to_hf_state_dict  # noqa: E402

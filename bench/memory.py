@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, model_pair  # noqa: E402
 
-from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
+from gpt2_lightning.backends.cpu.allocator import keep_freed_memory  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig  # noqa: E402
 from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
 

@@ -18,10 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SEED_DATA, machine, train_split  # noqa: E402
 
-from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
+from gpt2_lightning.backends.cpu.allocator import keep_freed_memory  # noqa: E402
 from gpt2_lightning.data.dataset import InstructionCollator  # noqa: E402
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler, padding_fraction  # noqa: E402
-from gpt2_lightning.devices import resolve_precision  # noqa: E402
+from gpt2_lightning.backends import training_plan  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402
 from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
 
@@ -35,7 +35,7 @@ def main() -> None:
     keep_freed_memory()  # as train.py does
     dataset = train_split(args.data)
     collate = InstructionCollator(max_length=1024)
-    bf16 = resolve_precision("auto", "cpu") == "bf16-mixed"  # as the training job chooses
+    bf16 = training_plan("cpu").precision == "bf16-mixed"  # as the training job chooses
     for grouped in (True, False):
         batches = list(LengthGroupedBatchSampler(dataset.lengths, 8, seed=1, group_by_length=grouped))
         padding = padding_fraction(dataset.lengths, batches)

@@ -26,7 +26,7 @@ from common import machine  # noqa: E402
 
 from gpt2_lightning.apps.serve import create_app  # noqa: E402
 from gpt2_lightning.data.prompts import get_style  # noqa: E402
-from gpt2_lightning.devices import for_inference  # noqa: E402
+from gpt2_lightning.generation.placement import placed_for_generation  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402
 
 SHAPES = {"tiny": GPTConfig(vocab_size=50257, context_length=256, emb_dim=64, n_layers=2, n_heads=4),
@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     torch.manual_seed(0)
-    model = for_inference(GPTModel(SHAPES[args.model]), "cpu")  # as gpt2 serve runs it
+    model = placed_for_generation(GPTModel(SHAPES[args.model]), device="cpu")  # as gpt2 serve runs it
     app = create_app(model, get_style("alpaca"), name=args.model, max_batch_size=args.concurrency)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import sys
 import time
@@ -36,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SEED_DATA, machine, model_pair, synchronize, train_split  # noqa: E402
 from nanogpt import nanogpt_from  # noqa: E402
 
-from gpt2_lightning.allocator import keep_freed_memory  # noqa: E402
+from gpt2_lightning.backends.cpu.allocator import keep_freed_memory  # noqa: E402
 from gpt2_lightning.data.dataset import InstructionCollator  # noqa: E402
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler  # noqa: E402
-from gpt2_lightning.devices import for_training  # noqa: E402
+from gpt2_lightning.backends import prepare_for_training, training_plan  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig  # noqa: E402
-from gpt2_lightning.onednn import onednn_linear  # noqa: E402
+from gpt2_lightning.backends.cpu.onednn import onednn_linear  # noqa: E402
 from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -75,9 +76,11 @@ def loss_function(name: str, cfg: GPTConfig, device: torch.device, precision: st
     ours, hf = model_pair(cfg)
     if base == "ours":
         model = ours.to(device).train()
-        if not compiled:
-            for_training(model, device, "32-true" if precision == "fp32" else "bf16-mixed")
-        loss = torch.compile(masked_lm_loss, dynamic=True) if compiled else masked_lm_loss
+        plan = training_plan(device, "32-true" if precision == "fp32" else "bf16-mixed", cfg.emb_dim)
+        kernels = prepare_for_training(model, plan)
+        model.use_attention(kernels.attention)
+        loss = functools.partial(masked_lm_loss, head_loss=kernels.head_loss)
+        loss = torch.compile(loss, dynamic=True) if compiled else loss
         return model, lambda x, y: loss(model, x, y)[0]
     if base == "hf":
         model = hf.to(device).train()

@@ -8,7 +8,7 @@ import pytest
 # the page faults 20 such steps cost once the heap has settled (after 10).
 CHURN = """
 import resource, sys, torch
-from gpt2_lightning.allocator import keep_freed_memory
+from gpt2_lightning.backends.cpu.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 for _ in range(10):
     torch.empty(16 << 20).fill_(1)

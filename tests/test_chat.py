@@ -8,7 +8,7 @@ import time
 
 from gpt2_lightning.apps.chat import ChatSession, ChatSettings
 from gpt2_lightning.data.prompts import get_style
-from gpt2_lightning.devices import for_inference
+from gpt2_lightning.generation.placement import placed_for_generation
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
 from gpt2_lightning.model.tokenizer import decode
@@ -21,7 +21,7 @@ def chat(*args, stdin=""):
 
 def expected_answer(export, message, max_tokens):
     model, _ = load_model(export)
-    model = for_inference(model, "cpu")  # as the chat command does
+    model = placed_for_generation(model, device="cpu")  # as the chat command does
     return answer_batch(model, [{"instruction": message}], "alpaca",
                         GenerationSettings(max_new_tokens=max_tokens))[0]
 

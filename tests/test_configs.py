@@ -5,7 +5,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from gpt2_lightning.data.datamodule import InstructionDataModule
-from gpt2_lightning.devices import check_accelerator, resolve_precision
+from gpt2_lightning.backends import generation_plan, training_plan
+from gpt2_lightning.devices import check_accelerator
 from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.resources import cache_dir
 from tests.conftest import REPO_ROOT, compose_train
@@ -33,7 +34,7 @@ def test_default_config_instantiates_the_data_module_and_a_cpu_trainer(tmp_path)
     assert datamodule.data_file() == cache_dir() / "data" / "instruction-data.json"
     assert (datamodule.batch_size, datamodule.split, datamodule.fields.output) == (8, [0.85, 0.05, 0.10], "output")
     assert cfg.trainer.precision == "auto"  # resolved by the job, as below
-    trainer = hydra.utils.instantiate(cfg.trainer, precision=resolve_precision("auto", "cpu"))
+    trainer = hydra.utils.instantiate(cfg.trainer, precision=training_plan("cpu").precision)
     assert trainer.max_epochs == 2 and trainer.accelerator.__class__.__name__ == "CPUAccelerator"
 
 
@@ -75,45 +76,45 @@ def test_more_cpu_processes_than_cores_are_warned_about(caplog):
 def test_auto_precision_is_measured_once_per_machine_and_never_slower_than_fp32(tmp_path, monkeypatch):
     import json
 
-    import torch
-
-    from gpt2_lightning.calibrate import fastest_dtype
-    from gpt2_lightning.devices import inference_dtype
-
     monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path))
-    chosen = resolve_precision("auto", "cpu", width=256)
+    plan = training_plan("cpu", "auto", width=256)
     calibration = tmp_path / "calibration.json"
     measured = json.loads(calibration.read_text())
-    [(key, entry)] = [(k, v) for k, v in measured.items() if "bfloat16" in v["seconds"]]
+    [(key, entry)] = [(k, v) for k, v in measured.items() if "| train |" in k and "bfloat16" in v["seconds"]]
     assert "| cpu | train | width 256 |" in key
     # fp32 races as it would train: through oneDNN where that measured faster than F.linear
     [onednn] = [v for k, v in measured.items() if k.endswith("| train | width 256 | float32 vs onednn")]
     fp32 = "float32+onednn" if onednn["fastest"] == "onednn" else "float32"
     assert set(entry["seconds"]) == {fp32, "bfloat16"}
-    assert chosen == ("bf16-mixed" if entry["fastest"] == "bfloat16" else "32-true")
+    assert plan.precision == ("bf16-mixed" if entry["fastest"] == "bfloat16" else "32-true")
     assert entry["seconds"][entry["fastest"]] <= entry["seconds"][fp32]  # never slower than fp32
+    assert plan.train.linears == ("onednn" if fp32 == "float32+onednn" and plan.precision == "32-true" else "torch")
+    assert f"-> {entry['fastest']}" in plan.measured["training precision"]  # the numbers behind the choice
     measured_at = calibration.stat().st_mtime_ns
-    assert resolve_precision("auto", "cpu", width=256) == chosen and calibration.stat().st_mtime_ns == measured_at
-    generation = inference_dtype("cpu", "auto", width=256)  # its own workload, measured apart
+    assert training_plan("cpu", "auto", width=256) == plan and calibration.stat().st_mtime_ns == measured_at
+    generation = generation_plan("cpu", "auto", width=256)  # its own workload, measured apart
     [generate] = [v for k, v in json.loads(calibration.read_text()).items()
                   if "| generate | width 256 |" in k and "bfloat16" in v["seconds"]]
-    assert generation == (torch.bfloat16 if generate["fastest"] == "bfloat16" else torch.float32)
-    assert fastest_dtype("cpu", "generate", 256) == generation and resolve_precision("32-true", "cpu") == "32-true"
+    assert generation.generate.dtype == ("bfloat16" if generate["fastest"] == "bfloat16" else "float32")
+    assert generation.generate == plan.generate and generation.train is None
+    assert training_plan("cpu", "32-true", width=256).precision == "32-true"
 
 
-def test_processes_of_one_run_agree_on_the_auto_precision(tmp_path, monkeypatch):
-    import torch
-
-    from gpt2_lightning.calibrate import fastest_dtype
-    from gpt2_lightning.devices import AUTO_PRECISION_VARIABLE
-
+def test_processes_started_apart_decide_alike_without_measuring(tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path))
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    first = resolve_precision("auto", "cpu", width=256)  # the process that launches the others
-    assert __import__("os").environ[AUTO_PRECISION_VARIABLE] == first
-    monkeypatch.setenv("WORLD_SIZE", "2")  # a process it launched inherits its choice
-    monkeypatch.setenv(AUTO_PRECISION_VARIABLE, "32-true")
-    assert resolve_precision("auto", "cpu", width=256) == "32-true"
-    monkeypatch.delenv(AUTO_PRECISION_VARIABLE)  # processes started apart: one fixed choice, no measuring
-    assert fastest_dtype("cpu", "train", 512) == torch.float32
-    assert "width 512" not in (tmp_path / "calibration.json").read_text()
+    plan = training_plan("cpu", "auto", width=512, measure=False)
+    assert (plan.precision, plan.train.linears, plan.generate.dtype, plan.measured) == ("32-true", "torch",
+                                                                                       "float32", {})
+    assert not (tmp_path / "calibration.json").exists()
+
+
+def test_the_plan_is_saved_and_read_back_whole(tmp_path):
+    from gpt2_lightning.backends import ExecutionPlan
+
+    plan = training_plan("cpu", "bf16-mixed", width=64)
+    path = plan.save(tmp_path)
+    assert path == tmp_path / "plan.json" and ExecutionPlan.load(tmp_path) == plan == ExecutionPlan.load(path)
+    assert plan.train.attention == "matmul-short" and plan.train.loss == "chunked"
+    path.write_text("{}")
+    with pytest.raises(ConfigError, match="plan.json: not a readable execution plan"):
+        ExecutionPlan.load(path)

@@ -41,10 +41,17 @@ def test_nan_on_one_process_stops_every_process_with_the_message(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_deliver_the_best_weights_once(tmp_path):
+def test_two_processes_train_by_one_plan_and_deliver_the_best_weights_once(tmp_path):
     result = run_train_py(*TINY, *TWO_PROCESSES, "trainer.max_steps=8", "trainer.val_check_interval=4",
-                          "generation.max_new_tokens=4", f"hydra.run.dir={tmp_path}", timeout=300)
+                          "generation.max_new_tokens=4", f"hydra.run.dir={tmp_path}",
+                          "+callbacks.plans._target_=tests.plan_of_each_rank.PlanOfEachRank",
+                          f"+callbacks.plans.folder={tmp_path}", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    # The process Lightning started trains by the run's plan.json, handed to it on its command line.
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    ranks = [json.loads((tmp_path / f"plan-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["plan"] for r in ranks] == [saved, saved]
+    assert ranks[0]["handed"] == [f"plan='{tmp_path / 'plan.json'}'"] == ranks[1]["handed"]
     [best] = (tmp_path / "checkpoints").glob("best-*.ckpt")
     exported, _ = load_export(tmp_path / "export")
     for name, tensor in model_from_checkpoint(best)[0].state_dict().items():

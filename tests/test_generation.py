@@ -92,7 +92,7 @@ def test_batched_prompts_of_different_lengths_answer_as_alone(pair):
 
 
 def test_onednn_linears_generate_the_same_tokens_and_keep_the_state_dict(pair):
-    from gpt2_lightning.onednn import OneDNNLinear, use_onednn_linears
+    from gpt2_lightning.backends.cpu.onednn import OneDNNLinear, use_onednn_linears
 
     ours, _ = pair
     onednn = use_onednn_linears(copy.deepcopy(ours).eval())
@@ -106,7 +106,7 @@ def test_onednn_linears_generate_the_same_tokens_and_keep_the_state_dict(pair):
 
 
 def test_onednn_linear_gives_the_outputs_and_gradients_of_nn_linear():
-    from gpt2_lightning.onednn import OneDNNLinear
+    from gpt2_lightning.backends.cpu.onednn import OneDNNLinear
 
     torch.manual_seed(0)
     plain = torch.nn.Linear(96, 200)
@@ -134,13 +134,13 @@ def test_onednn_linear_gives_the_outputs_and_gradients_of_nn_linear():
 def test_inference_in_fp32_on_cpu_uses_onednn_where_it_measures_faster(tmp_path, monkeypatch):
     import json
 
-    from gpt2_lightning.devices import for_inference
-    from gpt2_lightning.onednn import OneDNNLinear
+    from gpt2_lightning.backends.cpu.onednn import OneDNNLinear
+    from gpt2_lightning.generation.placement import placed_for_generation
 
     monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path))
-    model = for_inference(GPTModel(TINY), "cpu", "float32")
+    model = placed_for_generation(GPTModel(TINY), device="cpu", dtype="float32")
     [entry] = [v for k, v in json.loads((tmp_path / "calibration.json").read_text()).items()
                if k.endswith("| generate | width 32 | float32 vs onednn")]
     assert set(entry["seconds"]) == {"float32", "onednn"}
     assert isinstance(model.blocks[0].att.qkv, OneDNNLinear) == (entry["fastest"] == "onednn")
-    assert not any(isinstance(m, OneDNNLinear) for m in for_inference(GPTModel(TINY), "cpu", "bfloat16").modules())
+    assert not any(isinstance(m, OneDNNLinear) for m in placed_for_generation(GPTModel(TINY), device="cpu", dtype="bfloat16").modules())

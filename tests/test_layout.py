@@ -11,7 +11,7 @@ from tests.conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "gpt2_lightning"
 
-# DESIGN.md's public API.
+# The public API (README, "Python API").
 PUBLIC_API = ["GPTConfig", "GPTModel", "KVCache", "load_pretrained", "convert_hf_state_dict", "load_model",
               "generate", "format_prompt", "extract_response", "load_records", "split_records",
               "InstructionDataset", "InstructionCollator", "InstructionDataModule", "InstructionTuner",
@@ -19,7 +19,7 @@ PUBLIC_API = ["GPTConfig", "GPTModel", "KVCache", "load_pretrained", "convert_hf
 
 # The stages in the order of the data flow; a module may import its own stage and those before it.
 LAYERS = [
-    {"errors", "io", "fetch", "calibrate", "devices", "allocator", "onednn", "resources"},
+    {"errors", "io", "fetch", "devices", "resources", "backends"},
     {"model"},
     {"data"},
     {"generation"},
@@ -89,6 +89,36 @@ def test_imports_only_point_down_the_data_flow():
     stages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
     assert stages | modules == set().union(*LAYERS)  # every stage and bottom module has its place
+
+
+def test_the_model_and_the_loss_import_no_kernel_of_a_backend():
+    # They take a backend's kernels through their hooks; only the interface is theirs to import.
+    kernels = [f"{path.relative_to(REPO_ROOT)} imports {target}"
+               for folder in ("model", "train") for path in sorted((PACKAGE / folder).rglob("*.py"))
+               for target in project_imports(path)
+               if target.startswith("gpt2_lightning.backends.") and target.split(".")[2] not in ("plan", "base")]
+    assert kernels == []
+
+
+def environment_writes(tree: ast.AST) -> list[int]:
+    """Lines that set a process environment variable (``os.environ[...] =``, ``os.putenv``, ...)."""
+    lines = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if any(isinstance(t, ast.Subscript) and "environ" in ast.unparse(t.value) for t in targets):
+            lines.append(node.lineno)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                node.func.attr == "putenv" or ("environ" in ast.unparse(node.func.value)
+                                               and node.func.attr in ("update", "setdefault", "__setitem__"))):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_package_writes_no_environment_variable():
+    assert environment_writes(ast.parse("import os\nos.environ['X'] = '1'\nos.environ.update(Y='2')")) == [2, 3]
+    writes = {str(path.relative_to(REPO_ROOT)): lines for path in sorted(PACKAGE.rglob("*.py"))
+              if (lines := environment_writes(ast.parse(path.read_text())))}
+    assert writes == {}
 
 
 def test_setup_cfg_ships_every_subpackage_the_configs_and_the_sample_data():

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from gpt2_lightning.data.dataset import IGNORE_INDEX
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
-from gpt2_lightning.train.loss import cross_entropy, masked_lm_loss
+from gpt2_lightning.backends.cpu.loss import cross_entropy, head_loss
+from gpt2_lightning.train.loss import masked_lm_loss
 
 TINY = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_layers=2, n_heads=4)
 
@@ -30,8 +31,8 @@ def test_chunked_cross_entropy_equals_torch_in_value_and_gradient(dtype, chunk_r
 
 @pytest.mark.parametrize("kind", ["fp32", "fp32 through oneDNN", "bf16 autocast"])
 def test_head_logits_in_vocabulary_blocks_equal_the_head_in_value_and_gradients(kind):
-    from gpt2_lightning.onednn import WEIGHT_GRAD_BLOCK_ROWS, OneDNNLinear
-    from gpt2_lightning.train.loss import head_logits
+    from gpt2_lightning.backends.cpu.loss import head_logits
+    from gpt2_lightning.backends.cpu.onednn import WEIGHT_GRAD_BLOCK_ROWS, OneDNNLinear
 
     gen = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(32, 2 * WEIGHT_GRAD_BLOCK_ROWS + 5, bias=False)  # two whole blocks and a part
@@ -63,8 +64,9 @@ def test_chunked_cross_entropy_without_gradient_keeps_no_buffer():
     torch.testing.assert_close(loss, F.cross_entropy(logits.detach(), targets))
 
 
+@pytest.mark.parametrize("kernel", [None, head_loss], ids=["reference", "cpu-backend"])
 @pytest.mark.parametrize("masked", [True, False], ids=["prompt-and-padding", "every-position-scored"])
-def test_masked_lm_loss_equals_full_head_cross_entropy_with_ignore_index(masked):
+def test_masked_lm_loss_equals_full_head_cross_entropy_with_ignore_index(masked, kernel):
     torch.manual_seed(0)
     model = GPTModel(TINY)
     idx = torch.randint(0, TINY.vocab_size, (3, 10))
@@ -72,7 +74,7 @@ def test_masked_lm_loss_equals_full_head_cross_entropy_with_ignore_index(masked)
     if masked:
         targets[0, :4] = IGNORE_INDEX  # a masked prompt
         targets[2, 6:] = IGNORE_INDEX  # padding
-    loss, count = masked_lm_loss(model, idx, targets)
+    loss, count = masked_lm_loss(model, idx, targets, head_loss=kernel)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()

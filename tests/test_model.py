@@ -2,7 +2,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gpt2_lightning.model.gpt import GPT2_PRESETS, GPTConfig, GPTModel, KeptPositions, _attention_mask, matmul_attention
+from gpt2_lightning.backends.cpu.attention import matmul_attention
+from gpt2_lightning.model.gpt import GPT2_PRESETS, GPTConfig, GPTModel, KeptPositions, _attention_mask
 from gpt2_lightning.model.pretrained import convert_hf_state_dict, load_state_dict_checked
 from tests.conftest import REPO_ROOT
 from tests.hf_reference import hf_gpt2

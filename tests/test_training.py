@@ -160,8 +160,9 @@ def test_fp32_training_on_cpu_goes_through_onednn_where_measured_faster_and_trai
                                                                                                 monkeypatch):
     import json
 
-    from gpt2_lightning.calibrate import CACHE_FILE, machine
-    from gpt2_lightning.onednn import OneDNNLinear
+    from gpt2_lightning.backends.cpu.calibrate import CACHE_FILE
+    from gpt2_lightning.backends.cpu.onednn import OneDNNLinear
+    from gpt2_lightning.backends.machine import machine
 
     class Linears(Callback):
         def on_train_end(self, trainer, pl_module):

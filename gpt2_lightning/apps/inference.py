@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 
 from gpt2_lightning.data.prompts import PromptStyle, get_style
-from gpt2_lightning.devices import for_inference
 from gpt2_lightning.export.load import load_model
+from gpt2_lightning.generation.placement import placed_for_generation
 from gpt2_lightning.model.gpt import GPTModel
 
 
@@ -32,4 +32,5 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, temperature: float, 
 def model_for_generation(args: argparse.Namespace) -> tuple[GPTModel, PromptStyle]:
     """The model ``args`` name, ready to generate, and its prompt style."""
     model, meta = load_model(args.model)
-    return for_inference(model, args.device, args.dtype), get_style(args.style or meta["prompt_style"])
+    model = placed_for_generation(model, device=args.device, dtype=args.dtype)
+    return model, get_style(args.style or meta["prompt_style"])

@@ -4,6 +4,7 @@ test -> export -> respond -> evaluate -> plot, all in one run directory."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import sys
@@ -22,14 +23,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gpt2_lightning.allocator import keep_freed_memory
 from gpt2_lightning.apps.common import TEST_SPLIT_FILE, exit_on_user_error
+from gpt2_lightning.backends import ExecutionPlan, training_device, training_plan
+from gpt2_lightning.backends.cpu.allocator import keep_freed_memory
 from gpt2_lightning.data.datamodule import InstructionDataModule
-from gpt2_lightning.devices import check_trainer, for_inference, resolve_precision
+from gpt2_lightning.devices import check_trainer
 from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.evaluate.plot import plot_losses, read_scalars
 from gpt2_lightning.evaluate.scores import score_responses
 from gpt2_lightning.export.folder import export_model
+from gpt2_lightning.generation.placement import placed_for_generation
 from gpt2_lightning.generation.respond import GenerationSettings, respond
 from gpt2_lightning.io import remove_stale_temp_files, write_json
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
@@ -113,18 +116,18 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     model, base = build_model(cfg.model, cfg.paths.cache_dir, resuming=ckpt_path is not None, adapter=adapter)
     if datamodule.max_length is None:
         datamodule.max_length = model.cfg.context_length
+    plan = execution_plan(cfg, output_dir, model.cfg.emb_dim)
     tuner = InstructionTuner(model.cfg.to_dict(), prompt_style=datamodule.prompt_style,
-                             compile=cfg.model.compile, adapter=adapter, base=base, model=model,
+                             compile=cfg.model.compile, adapter=adapter, base=base, model=model, plan=plan,
                              **OmegaConf.to_container(cfg.optimizer, resolve=True))
     callbacks = [*instantiate_list(cfg.get("callbacks")), *extra_callbacks]
-    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator), model.cfg.emb_dim)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, precision=precision,
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, precision=plan.precision,
                                                  logger=instantiate_list(cfg.get("logger")) or False)
     if adapter and shards_parameters(trainer.strategy):
         raise ConfigError("adapter=lora trains on one process or with DDP; FSDP would shard the frozen base for nothing")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model: %s, %.1fM parameters (%.2fM trainable%s), precision %s", cfg.model.name,
-             model.num_parameters() / 1e6, trainable / 1e6, ", LoRA adapters" if adapter else "", precision)
+             model.num_parameters() / 1e6, trainable / 1e6, ", LoRA adapters" if adapter else "", plan.precision)
 
     if cfg.train:
         try:
@@ -140,9 +143,32 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
 
     model = delivered_model(trainer, tuner, best)  # every process: gathering may be a collective
     if trainer.is_global_zero:
-        finish_run(cfg, model, trainer.strategy.root_device, datamodule, output_dir, metrics, best)
+        finish_run(cfg, model, plan, datamodule, output_dir, metrics, best)
     metric = best.best_model_score if best is not None and best.monitor == cfg.optimized_metric else None
     return float(metric) if metric is not None else metrics.get(cfg.optimized_metric)
+
+
+def execution_plan(cfg: DictConfig, output_dir: Path, width: int) -> ExecutionPlan:
+    """The run's execution plan, made once: ``cfg.plan`` when given (a saved ``plan.json``: the
+    processes this job starts for DDP are handed its own), else decided here and, on rank zero,
+    logged and saved as the run's ``plan.json``. Processes started apart (torchrun, SLURM) decide
+    without measuring, so that they decide alike."""
+    if cfg.get("plan"):
+        return ExecutionPlan.load(cfg.plan)
+    started_apart = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    plan = training_plan(training_device(str(cfg.trainer.accelerator)), str(cfg.trainer.precision), width,
+                         measure=not started_apart)
+    if rank_zero_only.rank == 0:
+        log.info("execution plan: %s", plan.describe())
+        path = plan.save(output_dir)
+        # Lightning starts the other DDP processes with this process's arguments: they take this plan.
+        sys.argv.append(f"plan='{escaped(path)}'")
+    return plan
+
+
+def escaped(path: Path) -> str:
+    """``path`` inside a single-quoted Hydra override value."""
+    return str(path).replace("\\", "\\\\").replace("'", "\\'")
 
 
 def training_is_complete(checkpoint: dict, trainer_cfg: DictConfig) -> bool:
@@ -195,7 +221,7 @@ def delivered_model(trainer: L.Trainer, tuner: InstructionTuner, best: ModelChec
     return model_from_state_dict(tuner.model.cfg, state, "the final weights") if trainer.is_global_zero else None
 
 
-def finish_run(cfg: DictConfig, model: GPTModel, device: torch.device, datamodule: InstructionDataModule,
+def finish_run(cfg: DictConfig, model: GPTModel, plan: ExecutionPlan, datamodule: InstructionDataModule,
                output_dir: Path, metrics: dict[str, float], best: ModelCheckpoint | None) -> None:
     """Export, answer the test split, score and plot: the run directory's deliverables."""
     style = datamodule.prompt_style
@@ -203,7 +229,7 @@ def finish_run(cfg: DictConfig, model: GPTModel, device: torch.device, datamodul
         export_model(model, output_dir / "export", style)
     if cfg.respond:
         settings = GenerationSettings(**OmegaConf.to_container(cfg.generation, resolve=True), seed=cfg.seed)
-        model = for_inference(model, device)
+        model = placed_for_generation(model, plan)
         answered = respond(model, datamodule.datasets["test"].records, output_dir / "responses.json",
                            style, settings)
         scores = {**score_responses(answered),
@@ -265,8 +291,7 @@ def resume_in_its_run(args: list[str]) -> list[str]:
         return args  # not a checkpoint of a run of this project
     given = {override_key(a) for a in args} | {"ckpt_path", "hydra.run.dir"}
     original = [o for o in OmegaConf.load(saved) if override_key(o) not in given]
-    quoted = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
-    return [*original, *args, f"hydra.run.dir='{quoted}'"]
+    return [*original, *args, f"hydra.run.dir='{escaped(run_dir)}'"]
 
 
 def override_key(override: str) -> str:

@@ -2,7 +2,9 @@
 
 The module layout and the maths follow OpenAI's GPT-2 (pre-LayerNorm blocks, GELU-tanh,
 learned positions, LM head tied to the token embedding), so that the public checkpoints
-load with a key-for-key conversion (see ``gpt2_lightning.pretrained``).
+load with a key-for-key conversion (see ``gpt2_lightning.model.pretrained``). Attention is
+``F.scaled_dot_product_attention``; a backend may substitute a faster function with the same
+result (``GPTModel.use_attention``, see ``gpt2_lightning.backends``).
 """
 
 from __future__ import annotations
@@ -172,6 +174,7 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
         self.drop_rate = cfg.drop_rate
         self.resid_drop = nn.Dropout(cfg.drop_rate)
+        self.attend = attention
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 mask: torch.Tensor | None = None, kept: KeptPositions | None = None) -> torch.Tensor:
@@ -185,42 +188,16 @@ class CausalSelfAttention(nn.Module):
         is_causal = bool(mask is None and (cache is None or cache.length == 0) and seq > 1)  # not symbolic
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        y = attention(q, k, v, mask, is_causal, dropout_p=self.drop_rate if self.training else 0.0)
+        y = self.attend(q, k, v, mask, is_causal, dropout_p=self.drop_rate if self.training else 0.0)
         y = y.transpose(1, 2).reshape(batch, seq, -1)
         return self.resid_drop(self.out_proj(y if kept is None else kept.gather(y)))
-
-
-# Largest query x key grid the matmul path takes: beyond it, SDPA's kernel is as fast and
-# does not hold the [B, H, T, S] probabilities for the backward pass.
-MATMUL_ATTENTION_MAX_SCORES = 256 * 256
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
               is_causal: bool = False, dropout_p: float = 0.0) -> torch.Tensor:
     """Attention of ``q [B, H, T, D]`` over ``k, v [B, H, S, D]``; ``mask`` True where a query
-    may attend a key. ``F.scaled_dot_product_attention``, except on CPU in bf16/fp16 with short
-    sequences, where its fused kernel is 2-4x slower than two matmuls and a softmax (forward +
-    backward, batch 8 x 12 heads, 57-128 tokens; 5-7x for a decoded token of a batch of 16,
-    but 1.1x faster for the one token of a single sequence)."""
-    short = q.shape[-2] * k.shape[-2] <= MATMUL_ATTENTION_MAX_SCORES
-    single_token = q.shape[0] * q.shape[-2] == 1
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and short and not single_token:
-        return matmul_attention(q, k, v, mask, is_causal, dropout_p)
+    may attend a key."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
-
-
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                     is_causal: bool = False, dropout_p: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D) + mask) v written out (the softmax accumulates in fp32)."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    if is_causal:
-        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    if dropout_p > 0:
-        probs = F.dropout(probs, dropout_p)
-    return probs @ v
 
 
 def _attention_mask(start: int, seq: int, pad_lengths: torch.Tensor | None,
@@ -291,6 +268,14 @@ class GPTModel(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def use_attention(self, function=None) -> GPTModel:
+        """Compute attention with ``function`` (``attention``'s arguments and result; None: the
+        reference ``attention``) in every block: a backend's faster kernel for the same result."""
+        for module in self.modules():
+            if isinstance(module, CausalSelfAttention):
+                module.attend = function or attention
+        return self
 
     def num_parameters(self) -> int:
         """Trainable parameters, a tied head counted once (the published GPT-2 sizes)."""

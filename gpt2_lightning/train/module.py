@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torchmetrics import MeanMetric
 
-from gpt2_lightning.devices import for_training
+from gpt2_lightning.backends import ExecutionPlan, prepare_for_training, training_plan
 from gpt2_lightning.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 from gpt2_lightning.model.lora import LoRAConfig, add_lora, is_adapter_key
@@ -19,7 +20,6 @@ from gpt2_lightning.train.loss import masked_lm_loss
 
 # Strategies whose gradients are whole local tensors that torch's clipping can handle.
 SingleOrDDP = (SingleDeviceStrategy, DDPStrategy)
-
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float):
@@ -40,20 +40,23 @@ class InstructionTuner(L.LightningModule):
     Everything needed to rebuild the model (its config and the prompt style) is saved as
     hyperparameters, so a checkpoint alone restores it. With an ``adapter`` (LoRA), only the
     adapters train and checkpoints hold them alone, with the identity of the ``base``
-    weights (spec, file, sha256) they were trained on.
+    weights (spec, file, sha256) they were trained on. ``plan`` says how it computes (the
+    training job's ``ExecutionPlan``); without one, the module makes its own for the trainer's
+    device and precision.
     """
 
     def __init__(self, gpt_config: dict[str, Any], prompt_style: str = "alpaca", lr: float = 5e-5,
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
                  warmup_steps: int = 0, schedule: str = "constant", min_lr_ratio: float = 0.1,
                  decay_biases_and_norms: bool = False, compile: bool = False, adapter: dict[str, Any] | None = None,
-                 base: dict[str, str] | None = None, model: GPTModel | None = None):
+                 base: dict[str, str] | None = None, model: GPTModel | None = None,
+                 plan: ExecutionPlan | None = None):
         super().__init__()
         if schedule not in ("constant", "cosine"):
             raise ConfigError(f"optimizer.schedule must be 'constant' or 'cosine', got {schedule!r}")
         if lr <= 0:
             raise ConfigError(f"optimizer.lr must be positive, got {lr}")
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "plan"])
         config = GPTConfig.from_dict(gpt_config)
         if model is not None and model.cfg != config:
             raise ValueError(f"the given model's config {model.cfg} differs from gpt_config {config}")
@@ -62,6 +65,7 @@ class InstructionTuner(L.LightningModule):
             add_lora(self.model, LoRAConfig(**adapter))
         # A LoRA run's checkpoints hold the adapters alone; the base comes from ``base``.
         self.strict_loading = not adapter
+        self.plan = plan
         self.loss_fn = masked_lm_loss
         self.train_loss_epoch = MeanMetric()
         self.val_loss = MeanMetric()
@@ -77,10 +81,14 @@ class InstructionTuner(L.LightningModule):
         return self.model.cfg
 
     def configure_model(self) -> None:
+        if self.plan is None:
+            self.plan = training_plan(self.trainer.strategy.root_device, str(self.trainer.precision),
+                                      self.config.emb_dim)
+        kernels = prepare_for_training(self.model, self.plan)
+        self.model.use_attention(kernels.attention)
+        self.loss_fn = functools.partial(masked_lm_loss, head_loss=kernels.head_loss)
         if self.hparams.compile:  # what training runs (the loss), not forward; parameter names stay the same
-            self.loss_fn = torch.compile(masked_lm_loss, dynamic=True)
-        else:
-            for_training(self.model, self.trainer.strategy.root_device, str(self.trainer.precision))
+            self.loss_fn = torch.compile(self.loss_fn, dynamic=True)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)

@@ -5,7 +5,11 @@ vectors than the CPU has. On one AMD EPYC (2 threads) it reached 140-215 GFLOP/s
 gpt2-small's linear layers where oneDNN's inner product over the same fp32 tensors reached
 300-480, with the same fp32 arithmetic, and it streamed a decoding step's weights at a third
 of the speed. Where MKL runs at full width the two are alike, so whether oneDNN pays is
-measured on the machine (``calibrate.onednn_faster``), not assumed.
+measured on the machine (``calibrate.onednn_race``), not assumed.
+
+The product is ``torch.ops.mkldnn._linear_pointwise``, a private op of torch's oneDNN
+integration (what ``torch.compile`` emits for CPU linears): ``onednn_available`` says whether
+this torch has it, and where it does not the plan keeps torch's ``F.linear``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from torch.autograd.function import once_differentiable
 # head ran 2.3x slower in bf16 and 1.5x slower in fp32 through oneDNN than blocks of 2048-16384
 # rows, which measured alike (AMD EPYC, 447 input rows of gpt2-small).
 WEIGHT_GRAD_BLOCK_ROWS = 8192
+
+
+def onednn_available() -> bool:
+    """Whether this torch has oneDNN and its inner-product op (checked by a test on every upgrade)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _inner_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,66 @@
+"""The CPU backend: the only place that knows a CPU's tricks.
+
+- ``onednn``: fp32 linear layers and their gradients through oneDNN (where measured faster).
+- ``calibrate``: which number format and fp32 kernel are fastest here, measured once, cached.
+- ``attention``: two matmuls instead of SDPA for short bf16 / fp16 sequences.
+- ``loss``: the chunked fp32 cross-entropy and the LM head's gradient in vocabulary blocks.
+- ``allocator``: glibc told to keep freed memory.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from gpt2_lightning.backends.base import Backend, Kernels
+from gpt2_lightning.backends.cpu.attention import short_sequence_attention
+from gpt2_lightning.backends.cpu.calibrate import dtype_race, onednn_race
+from gpt2_lightning.backends.cpu.loss import head_loss
+from gpt2_lightning.backends.cpu.onednn import use_onednn_linears
+from gpt2_lightning.backends.plan import PRECISION_DTYPES, Workload
+
+
+class CPUBackend(Backend):
+    def plan_training(self, precision: str, width: int, measure: bool) -> tuple[str, Workload, dict[str, str]]:
+        measured: dict[str, str] = {}
+        linears = "torch"
+        if measure and precision in ("auto", "32-true", "32"):
+            linears = self._fp32_linears(width, "train", measured)
+        if precision == "auto":
+            precision = "32-true"
+            if measure:  # fp32 as it would run against bf16 mixed precision
+                race = dtype_race("cpu", "train", width, onednn=linears == "onednn")
+                measured["training precision"] = race.summary()
+                precision = "bf16-mixed" if race.fastest == "bfloat16" else "32-true"
+        return precision, self._workload(PRECISION_DTYPES[precision], linears, loss="chunked"), measured
+
+    def plan_generation(self, dtype: str, width: int, measure: bool = True) -> tuple[Workload, dict[str, str]]:
+        measured: dict[str, str] = {}
+        if not measure:
+            return self._workload("float32" if dtype == "auto" else dtype, "torch"), measured
+        linears = self._fp32_linears(width, "generate", measured) if dtype in ("auto", "float32") else "torch"
+        if dtype == "auto":
+            race = dtype_race("cpu", "generate", width, onednn=linears == "onednn")
+            measured["generation dtype"] = race.summary()
+            dtype = race.fastest if race.fastest == "bfloat16" else "float32"
+        return self._workload(dtype, linears), measured
+
+    @staticmethod
+    def _fp32_linears(width: int, workload: str, measured: dict[str, str]) -> str:
+        race = onednn_race(width, workload)
+        if race is None:
+            return "torch"
+        measured[f"{'training' if workload == 'train' else 'generation'} fp32 linears"] = race.summary()
+        return "onednn" if race.fastest == "onednn" else "torch"
+
+    @staticmethod
+    def _workload(dtype: str, linears: str, loss: str = "reference") -> Workload:
+        return Workload(dtype, linears if dtype == "float32" else "torch",
+                        "sdpa" if dtype == "float32" else "matmul-short", loss)
+
+    def prepare(self, model: nn.Module, workload: Workload) -> None:
+        if workload.linears == "onednn":
+            use_onednn_linears(model)
+
+    def kernels(self, workload: Workload) -> Kernels:
+        return Kernels(attention=short_sequence_attention if workload.attention == "matmul-short" else None,
+                       head_loss=head_loss if workload.loss == "chunked" else None)

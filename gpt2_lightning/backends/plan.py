@@ -1,0 +1,102 @@
+"""The execution plan: how a run computes on its device, decided once, written down.
+
+One object says which number format training runs in, which kernels the linear layers, the
+attention and the loss use, and which dtype generation runs in, with the measurements behind
+each choice. The training job logs it, saves it in the run directory (``plan.json``) and hands
+it to every process; ``gpt2 respond / chat / serve`` make and log their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from gpt2_lightning.errors import ConfigError
+from gpt2_lightning.io import write_json
+
+PLAN_FILE = "plan.json"
+
+# Lightning's precision -> the dtype the matmuls run in.
+PRECISION_DTYPES = {"32-true": "float32", "32": "float32", "bf16-mixed": "bfloat16", "bf16-true": "bfloat16",
+                    "16-mixed": "float16"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How one workload (training, or generation) computes."""
+
+    dtype: str
+    """The matmuls' number format: float32, bfloat16 or float16."""
+    linears: str = "torch"
+    """The linear layers' kernel: ``torch`` (``F.linear``) or ``onednn`` (fp32 on a CPU)."""
+    attention: str = "sdpa"
+    """``sdpa`` (``F.scaled_dot_product_attention``) or ``matmul-short`` (two matmuls for short
+    bf16 / fp16 sequences on a CPU, SDPA beyond)."""
+    loss: str = "reference"
+    """Training only: ``reference`` (``F.cross_entropy`` over the head's logits) or ``chunked``
+    (the CPU's chunked cross-entropy with the head's gradient in vocabulary blocks)."""
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """What a process runs on and how: see the module's docstring."""
+
+    device: str
+    """``cpu``, ``cuda``, ``mps``, ..."""
+    machine: str
+    """The CPU (and GPU), threads and torch version the choices were made for."""
+    generate: Workload
+    precision: str | None = None
+    """The Lightning precision training runs in (None for a plan that only generates)."""
+    train: Workload | None = None
+    measured: dict[str, str] = field(default_factory=dict)
+    """Each measured decision -> the candidates' times and the choice."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ExecutionPlan:
+        values = dict(values)
+        values["generate"] = Workload(**values["generate"])
+        values["train"] = Workload(**values["train"]) if values.get("train") else None
+        return cls(**values)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the plan as ``folder/plan.json``; return that path."""
+        path = Path(folder) / PLAN_FILE
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ExecutionPlan:
+        """The plan saved in ``path`` (a ``plan.json`` or the folder holding one)."""
+        path = Path(path)
+        path = path / PLAN_FILE if path.is_dir() else path
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise ConfigError(f"{path}: not a readable execution plan ({err})") from None
+
+    def with_generation(self, generate: Workload, measured: dict[str, str]) -> ExecutionPlan:
+        return replace(self, generate=generate, measured={**self.measured, **measured})
+
+    def describe(self) -> str:
+        """One line for the log."""
+        parts = [f"device {self.device}"]
+        if self.train is not None:
+            parts.append(f"training {self.precision} (linears {self.train.linears}, attention "
+                         f"{self.train.attention}, loss {self.train.loss})")
+        parts.append(f"generation {self.generate.dtype} (linears {self.generate.linears}, attention "
+                     f"{self.generate.attention})")
+        measured = "; ".join(f"{what}: {result}" for what, result in self.measured.items())
+        return ", ".join(parts) + (f"; measured {measured}" if measured else "")

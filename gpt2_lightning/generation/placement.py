@@ -1,0 +1,21 @@
+"""A model ready to generate: on its plan's device, in its dtype, with its kernels."""
+
+from __future__ import annotations
+
+import logging
+
+from gpt2_lightning.backends import ExecutionPlan, generation_plan, prepare_for_generation
+from gpt2_lightning.model.gpt import GPTModel
+
+log = logging.getLogger(__name__)
+
+
+def placed_for_generation(model: GPTModel, plan: ExecutionPlan | None = None, device: str = "auto",
+                          dtype: str = "auto") -> GPTModel:
+    """``model`` in eval mode as ``plan`` generates (without one: the plan made, and logged,
+    for ``device`` and ``dtype``, see ``backends.generation_plan``)."""
+    if plan is None:
+        plan = generation_plan(device, dtype, model.cfg.emb_dim)
+        log.info("execution plan: %s", plan.describe())
+    model, kernels = prepare_for_generation(model, plan)
+    return model.use_attention(kernels.attention)

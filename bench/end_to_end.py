@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SEED_DATA, machine  # noqa: E402
 
+from gpt2_lightning.backends import training_device, training_plan  # noqa: E402
 from gpt2_lightning.data.prompts import format_example, format_prompt  # noqa: E402
 from gpt2_lightning.data.records import load_records, split_records  # noqa: E402
-from gpt2_lightning.backends import training_device, training_plan  # noqa: E402
 from gpt2_lightning.evaluate.plot import read_scalars  # noqa: E402
 from gpt2_lightning.export.load import load_model  # noqa: E402
 from gpt2_lightning.generation.sampling import generate  # noqa: E402

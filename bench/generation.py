@@ -1,7 +1,8 @@
 """Generation speed, gpt2-small shape (random weights), 60-token prompts, 128 new tokens:
 ours (KV cache, as ``gpt2 respond`` runs it in that dtype) against Hugging Face
-``GPT2LMHeadModel.generate`` holding the same weights in the same dtype, greedy and sampled (temperature 1, top-k 50), batch 1 and 16; ours recomputing
-the whole context (no cache); and answering the 110-record test split in batches vs one by one.
+``GPT2LMHeadModel.generate`` holding the same weights in the same dtype, greedy and sampled
+(temperature 1, top-k 50), batch 1 and 16; ours recomputing the whole context (no cache); and
+answering the 110-record test split in batches vs one by one.
 
     python bench/generation.py [--device cpu|cuda] [--dtype float32 bfloat16] [--batch 1 16]
                                [--repeats 3] [--split]

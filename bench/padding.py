@@ -18,10 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SEED_DATA, machine, train_split  # noqa: E402
 
+from gpt2_lightning.backends import training_plan  # noqa: E402
 from gpt2_lightning.backends.cpu.allocator import keep_freed_memory  # noqa: E402
 from gpt2_lightning.data.dataset import InstructionCollator  # noqa: E402
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler, padding_fraction  # noqa: E402
-from gpt2_lightning.backends import training_plan  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel  # noqa: E402
 from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
 

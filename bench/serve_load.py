@@ -108,7 +108,8 @@ def main() -> None:
               f"{len(run['latencies']) / run['elapsed']:.2f} requests/s; latency {percentiles(run['latencies'])}")
     server.should_exit = True
     one, many = (results[c] for c in (1, args.concurrency))
-    print(f"-> {args.concurrency} concurrent clients: {(many['tokens'] / many['elapsed']) / (one['tokens'] / one['elapsed']):.2f}x "
+    speedup = (many["tokens"] / many["elapsed"]) / (one["tokens"] / one["elapsed"])
+    print(f"-> {args.concurrency} concurrent clients: {speedup:.2f}x "
           f"the tokens/s of one after another; /health under load: {percentiles(health)} ({len(health)} polls)")
 
 

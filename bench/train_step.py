@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SEED_DATA, machine, model_pair, synchronize, train_split  # noqa: E402
 from nanogpt import nanogpt_from  # noqa: E402
 
+from gpt2_lightning.backends import prepare_for_training, training_plan  # noqa: E402
 from gpt2_lightning.backends.cpu.allocator import keep_freed_memory  # noqa: E402
+from gpt2_lightning.backends.cpu.onednn import onednn_linear  # noqa: E402
 from gpt2_lightning.data.dataset import InstructionCollator  # noqa: E402
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler  # noqa: E402
-from gpt2_lightning.backends import prepare_for_training, training_plan  # noqa: E402
 from gpt2_lightning.model.gpt import GPTConfig  # noqa: E402
-from gpt2_lightning.backends.cpu.onednn import onednn_linear  # noqa: E402
 from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -8,8 +8,8 @@ import time
 
 from gpt2_lightning.apps.chat import ChatSession, ChatSettings
 from gpt2_lightning.data.prompts import get_style
-from gpt2_lightning.generation.placement import placed_for_generation
 from gpt2_lightning.export.load import load_model
+from gpt2_lightning.generation.placement import placed_for_generation
 from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
 from gpt2_lightning.model.tokenizer import decode
 

@@ -64,7 +64,7 @@ def test_truncated_corrupt_and_foreign_checkpoints_are_named(tiny_run, tmp_path)
 def test_pickled_code_in_a_checkpoint_is_never_run(tmp_path):
     class Evil:
         def __reduce__(self):
-            return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
+            return (exec, ("open({!r}, 'w').write('pwned')".format(str(tmp_path / "pwned")),))
 
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"gpt_config": Evil()}}, path)

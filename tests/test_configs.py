@@ -4,8 +4,8 @@ import hydra
 import pytest
 from omegaconf import OmegaConf
 
-from gpt2_lightning.data.datamodule import InstructionDataModule
 from gpt2_lightning.backends import generation_plan, training_plan
+from gpt2_lightning.data.datamodule import InstructionDataModule
 from gpt2_lightning.devices import check_accelerator
 from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.resources import cache_dir

@@ -46,7 +46,7 @@ def test_an_adapted_model_starts_exactly_at_its_base(base_model):
 def test_merged_logits_equal_the_adapted_models(base_model):
     adapted = add_lora(base_model, LoRAConfig(r=4, alpha=8, targets=("qkv", "fc")))
     with torch.no_grad():
-        for name, tensor in adapter_state_dict(adapted).items():
+        for _name, tensor in adapter_state_dict(adapted).items():
             tensor.normal_(std=0.05)
     unmerged = logits(adapted)
     merged = merge_lora(adapted)

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gpt2_lightning.backends.cpu.loss import cross_entropy, head_loss
 from gpt2_lightning.data.dataset import IGNORE_INDEX
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
-from gpt2_lightning.backends.cpu.loss import cross_entropy, head_loss
 from gpt2_lightning.train.loss import masked_lm_loss
 
 TINY = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_layers=2, n_heads=4)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from gpt2_lightning.backends.plan import PRECISION_DTYPES, Workload

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gpt2_lightning.io import write_json
-from gpt2_lightning.backends.machine import machine
 from gpt2_lightning.backends.cpu.onednn import OneDNNLinear, onednn_available
+from gpt2_lightning.backends.machine import machine
+from gpt2_lightning.io import write_json
 from gpt2_lightning.resources import cache_dir
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,13 +25,9 @@ def synchronize(device: torch.device) -> None:
 
 def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
     """min / median / max seconds of ``fn()`` over ``repeats`` runs after ``warmup``."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    from gpt2_lightning.backends.machine import timings
+
+    times = timings(fn, repeats, warmup)
     return {"min": min(times), "median": statistics.median(times), "max": max(times)}
 
 

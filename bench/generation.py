@@ -76,15 +76,15 @@ def main() -> None:
 
 
 def answer_split(model) -> None:
+    from gpt2_lightning.data.prompts import get_style
     from gpt2_lightning.data.records import load_records, split_records
-    from gpt2_lightning.generation.respond import GenerationSettings, answers_as_they_finish
+    from gpt2_lightning.generation.respond import answers_as_they_finish
+    from gpt2_lightning.generation.sampling import SamplingParams
 
     test = split_records(load_records(SEED_DATA))[2]
     for batch_size in (1, 8, 16):
-        settings = GenerationSettings(max_new_tokens=64, batch_size=batch_size)
-
         def answer_all():  # as gpt2 respond does: rows take the next record as they free up
-            list(answers_as_they_finish(model, test, "alpaca", settings))
+            list(answers_as_they_finish(model, test, get_style("alpaca"), SamplingParams(64), batch_size))
 
         stats = timeit(answer_all, repeats=1, warmup=0)
         print(f"test split (110 records, <=64 new tokens), batch {batch_size:2d}: {fmt(stats)}", flush=True)

@@ -28,6 +28,10 @@ _API = {
     "InstructionTuner": "train.module",
     "masked_lm_loss": "train.loss",
     "download": "fetch",
+    "ChatModel": "chat_model",
+    "SamplingParams": "generation.sampling",
+    "Run": "export.run",
+    "ExecutionPlan": "backends.plan",
 }
 __all__ = [*_API, "__version__"]
 

@@ -74,6 +74,27 @@ def atomic_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_RAISE = object()
+
+
+def read_json(path: str | os.PathLike, missing: Any = _RAISE, invalid: Any = _RAISE) -> Any:
+    """The JSON value in ``path``; ``missing`` where the file cannot be read (no such file, a
+    folder, no permission) and ``invalid`` where it is not JSON, when given: else the error
+    (``OSError``, ``ValueError``) as it is."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        if missing is _RAISE:
+            raise
+        return missing
+    try:
+        return json.loads(text)
+    except ValueError:
+        if invalid is _RAISE:
+            raise
+        return invalid
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_write(path) as f:
         json.dump(data, f, indent=2, ensure_ascii=False)

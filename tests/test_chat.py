@@ -6,11 +6,12 @@ import subprocess
 import sys
 import time
 
-from gpt2_lightning.apps.chat import ChatSession, ChatSettings
+from gpt2_lightning.apps.chat import ChatSession
 from gpt2_lightning.data.prompts import get_style
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.placement import placed_for_generation
-from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
+from gpt2_lightning.generation.respond import answer_batch
+from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.model.tokenizer import decode
 
 
@@ -23,24 +24,24 @@ def expected_answer(export, message, max_tokens):
     model, _ = load_model(export)
     model = placed_for_generation(model, device="cpu")  # as the chat command does
     return answer_batch(model, [{"instruction": message}], "alpaca",
-                        GenerationSettings(max_new_tokens=max_tokens))[0]
+                        SamplingParams(max_new_tokens=max_tokens))[0]
 
 
 def test_one_shot_prompt_prints_the_greedy_answer(tiny_export):
-    result = chat(str(tiny_export), "--prompt", "Name a color.", "--temperature", "0", "--max-tokens", "12")
+    result = chat(str(tiny_export), "--prompt", "Name a color.", "--temperature", "0", "--max-new-tokens", "12")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected_answer(tiny_export, "Name a color.", 12)
 
 
 def test_driven_through_stdin_prompt_command_save_quit(tiny_export, tmp_path):
     saved = tmp_path / "conversation.json"
-    script = "\n".join(["/set temperature 0", "/set max_tokens 9", "/set top_p 2", "Name a color.",
+    script = "\n".join(["/set temperature 0", "/set max_new_tokens 9", "/set top_p 2", "Name a color.",
                         "/history", f"/save {saved}", "/quit", "never read"]) + "\n"
     result = chat(str(tiny_export), stdin=script)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     answer = expected_answer(tiny_export, "Name a color.", 9)
-    assert lines[:3] == ["temperature=0.0", "max_tokens=9", "error: top_p=2 is out of range"]
+    assert lines[:3] == ["temperature=0.0", "max_new_tokens=9", "error: top_p=2 is out of range"]
     assert lines[3] == answer
     conversation = json.loads(saved.read_text())
     assert conversation["turns"] == [{"user": "Name a color.", "assistant": answer.strip()}]
@@ -49,9 +50,9 @@ def test_driven_through_stdin_prompt_command_save_quit(tiny_export, tmp_path):
 
 def test_session_history_new_and_retry_with_a_seed(tiny_export):
     model, _ = load_model(tiny_export)
-    session = ChatSession(model, get_style("phi3"), ChatSettings(temperature=1.0, max_tokens=8, seed=5))
+    session = ChatSession(model, get_style("phi3"), SamplingParams(max_new_tokens=8, temperature=1.0, seed=5))
     first = "".join(session.stream("Hi"))
-    again = "".join(ChatSession(model, get_style("phi3"), ChatSettings(1.0, 50, None, 8, 5)).stream("Hi"))
+    again = "".join(ChatSession(model, get_style("phi3"), SamplingParams(8, 1.0, 50, None, 5)).stream("Hi"))
     assert first == again  # seeded sampling is reproducible
     "".join(session.stream("And then?"))
     assert [q for q, _ in session.history] == ["Hi", "And then?"]
@@ -66,7 +67,7 @@ class TerminalChat:
         if self.pid == 0:
             os.environ["GPT2_LIGHTNING_CACHE"] = str(home)  # the input history goes there
             os.execv(sys.executable, [sys.executable, "-m", "gpt2_lightning", "chat", str(export),
-                                      "--temperature", "0", "--max-tokens", "6"])
+                                      "--temperature", "0", "--max-new-tokens", "6"])
         self.output = b""
 
     def read_until(self, marker: bytes, timeout: float = 90) -> bytes:

@@ -117,14 +117,15 @@ def test_the_datamodule_caches_tokens_by_content_and_settings(tmp_path):
 def test_respond_answers_a_conversations_last_turn_and_scores_it(tmp_path, tiny_export):
     from gpt2_lightning.evaluate.scores import score_responses
     from gpt2_lightning.export.load import load_model
-    from gpt2_lightning.generation.respond import GenerationSettings, respond
+    from gpt2_lightning.generation.respond import respond
+    from gpt2_lightning.generation.sampling import SamplingParams
     from tests.scripted_model import scripted_answer
 
     style = get_style("chatml")
     prompt = encode(style.render(CONVERSATION[:-1]))
     model = scripted_answer(prompt, encode("Blue, of course."))
     answered = respond(model, [{"messages": CONVERSATION}], tmp_path / "responses.json", style,
-                       GenerationSettings(max_new_tokens=10), progress=False)
+                       SamplingParams(max_new_tokens=10), progress=False)
     assert answered == [{"messages": CONVERSATION, "model_response": "Blue, of course."}]
     assert score_responses(answered)["exact_match"] == 1.0
     assert json.loads((tmp_path / "responses.json").read_text()) == answered

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpt2_lightning.generation.engine import BatchEngine, Generation, QueueFull
-from gpt2_lightning.generation.sampling import generate
+from gpt2_lightning.generation.sampling import SamplingParams, generate
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 
 CFG = GPTConfig(vocab_size=50257, context_length=1024, emb_dim=32, n_layers=2, n_heads=4)
@@ -24,9 +24,10 @@ def model() -> GPTModel:
 class Collected:
     """A generation's tokens and its end, for the test to wait on."""
 
-    def __init__(self, prompt, max_new_tokens, **kwargs):
+    def __init__(self, prompt, max_new_tokens, generator=None, deadline=None, **sampling):
         self.tokens, self.reason, self.done = [], None, threading.Event()
-        self.seq = Generation(prompt, max_new_tokens, on_token=self.tokens.append, on_finish=self._finish, **kwargs)
+        self.seq = Generation(prompt, SamplingParams(max_new_tokens, **sampling), on_token=self.tokens.append,
+                              on_finish=self._finish, generator=generator, deadline=deadline)
 
     def _finish(self, reason):
         self.reason = reason

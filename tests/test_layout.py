@@ -15,7 +15,7 @@ PACKAGE = REPO_ROOT / "gpt2_lightning"
 PUBLIC_API = ["GPTConfig", "GPTModel", "KVCache", "load_pretrained", "convert_hf_state_dict", "load_model",
               "generate", "format_prompt", "extract_response", "load_records", "split_records",
               "InstructionDataset", "InstructionCollator", "InstructionDataModule", "InstructionTuner",
-              "masked_lm_loss", "download"]
+              "masked_lm_loss", "download", "ChatModel", "SamplingParams", "Run", "ExecutionPlan"]
 
 # The stages in the order of the data flow; a module may import its own stage and those before it.
 LAYERS = [
@@ -25,6 +25,7 @@ LAYERS = [
     {"generation"},
     {"train"},
     {"export"},
+    {"chat_model"},
     {"evaluate"},
     {"apps", "__main__"},
 ]

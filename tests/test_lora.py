@@ -146,7 +146,7 @@ def test_chat_answers_from_a_lora_run_and_its_checkpoint_alike(tiny_base, tmp_pa
     trained = gpt2("train", *lora_run(tiny_base, "trainer.max_steps=3"), "hydra.run.dir=run", cwd=tmp_path, timeout=300)
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "trainable, LoRA adapters" in (tmp_path / "run" / "train.log").read_text()
-    answers = [gpt2("chat", str(spec), "--prompt", "Name a color.", "--max-tokens", "8", "--temperature", "0",
+    answers = [gpt2("chat", str(spec), "--prompt", "Name a color.", "--max-new-tokens", "8", "--temperature", "0",
                     "--dtype", "float32", cwd=tmp_path)
                for spec in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "last.ckpt")]
     assert [a.returncode for a in answers] == [0, 0], answers[1].stderr[-2000:]

@@ -65,12 +65,13 @@ def test_a_made_up_later_turn_is_cut_off_not_extracted(style):
 
 @pytest.mark.parametrize("style", ["alpaca", "phi3"])
 def test_respond_answers_with_the_text_before_a_made_up_turn(style, tmp_path):
-    from gpt2_lightning.generation.respond import GenerationSettings, respond
+    from gpt2_lightning.generation.respond import respond
+    from gpt2_lightning.generation.sampling import SamplingParams
     from gpt2_lightning.model.tokenizer import encode
     from tests.scripted_model import scripted_answer
 
     record = {"instruction": NO_INPUT["instruction"], "input": "", "output": "Red."}
     model = scripted_answer(encode(format_prompt(record, style)), encode(MADE_UP_TURN[style]))
     [answered] = respond(model, [record], tmp_path / "responses.json", style,
-                         GenerationSettings(max_new_tokens=40), progress=False)
+                         SamplingParams(max_new_tokens=40), progress=False)
     assert answered["model_response"] == "Red."

@@ -5,11 +5,12 @@ import torch
 
 from gpt2_lightning.apps.cli import main
 from gpt2_lightning.export.load import load_model
-from gpt2_lightning.generation.respond import GenerationSettings, answer_batch, identity_path, respond
+from gpt2_lightning.generation.respond import answer_batch, identity_path, respond
+from gpt2_lightning.generation.sampling import SamplingParams
 from tests.conftest import REPO_ROOT
 
 RECORDS = json.loads((REPO_ROOT / "data" / "sample.json").read_text())[:7]
-FAST = GenerationSettings(max_new_tokens=6, batch_size=3)
+FAST = SamplingParams(max_new_tokens=6)
 
 
 def test_responses_are_the_records_with_model_response(tiny_export, tmp_path):
@@ -39,11 +40,11 @@ def test_an_interrupted_file_is_resumed_without_redoing_finished_records(tiny_ex
 
 def test_a_resumed_file_samples_what_an_uninterrupted_one_would(tiny_export, tmp_path):
     model, _ = load_model(tiny_export)
-    sampling = GenerationSettings(max_new_tokens=6, temperature=1.0, top_k=50, batch_size=3, seed=7)
+    sampling = SamplingParams(max_new_tokens=6, temperature=1.0, top_k=50, seed=7)
     out = tmp_path / "responses.json"
-    whole = respond(model, RECORDS, out, "alpaca", sampling, progress=False)
+    whole = respond(model, RECORDS, out, "alpaca", sampling, batch_size=3, progress=False)
     out.write_text(json.dumps(whole[:3]))  # stopped after the first batch
-    assert respond(model, RECORDS, out, "alpaca", sampling, progress=False) == whole
+    assert respond(model, RECORDS, out, "alpaca", sampling, batch_size=2, progress=False) == whole
     assert len({r["model_response"] for r in whole}) > 1
 
 
@@ -65,10 +66,11 @@ def test_answers_of_other_weights_settings_or_an_unknown_origin_are_never_reused
         other_weights.final_norm.bias.add_(0.5)
     assert reused(model, RECORDS, out, "alpaca", FAST)
     assert not reused(other_weights, RECORDS, out, "alpaca", FAST)
-    assert not reused(model, RECORDS, out, "alpaca", GenerationSettings(max_new_tokens=7, batch_size=3))
+    assert not reused(model, RECORDS, out, "alpaca", SamplingParams(max_new_tokens=7))
     assert not reused(model, RECORDS, out, "phi3", FAST)
     assert not reused(model, RECORDS, out, "alpaca", FAST, forget_origin=True)
-    assert reused(model, RECORDS, out, "alpaca", GenerationSettings(max_new_tokens=6, batch_size=5))
+    assert not reused(model, RECORDS, out, "alpaca", FAST.with_(stop=("\n",)))
+    assert reused(model, RECORDS, out, "alpaca", FAST, 5)  # another batch size gives the same answers
     fresh = respond(other_weights, RECORDS, tmp_path / "fresh.json", "alpaca", FAST, progress=False)
     respond(model, RECORDS, out, "alpaca", FAST, progress=False)
     assert respond(other_weights, RECORDS, out, "alpaca", FAST, progress=False) == fresh

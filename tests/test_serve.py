@@ -16,7 +16,8 @@ from openai import OpenAI
 from gpt2_lightning.apps.serve import create_app
 from gpt2_lightning.data.prompts import get_style
 from gpt2_lightning.export.load import load_model
-from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
+from gpt2_lightning.generation.respond import answer_batch
+from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 
 
@@ -56,7 +57,7 @@ def test_openai_client_chat_completion_equals_the_library_answer(server):
     url, model = server
     reply = client(url).chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "Name a color."}], max_tokens=10, temperature=0)
-    expected = answer_batch(model, [{"instruction": "Name a color."}], "alpaca", GenerationSettings(max_new_tokens=10))
+    expected = answer_batch(model, [{"instruction": "Name a color."}], "alpaca", SamplingParams(max_new_tokens=10))
     assert reply.choices[0].message.content == expected[0]
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert reply.usage.completion_tokens <= 10 and reply.usage.prompt_tokens > 20

@@ -12,13 +12,18 @@ import atexit
 import contextlib
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpt2_lightning.apps.inference import add_model_arguments, add_sampling_arguments, model_for_generation
+from gpt2_lightning.apps.inference import (
+    add_model_arguments,
+    add_sampling_arguments,
+    model_for_generation,
+    sampling_params,
+)
 from gpt2_lightning.data.prompts import PromptStyle
 from gpt2_lightning.generation.engine import BatchEngine
-from gpt2_lightning.generation.sampling import sampling_generator
+from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.generation.stream import TextStream, stream_answer
 from gpt2_lightning.io import write_json
 from gpt2_lightning.model.gpt import GPTModel
@@ -29,36 +34,31 @@ HELP = """commands:
   /new                 start a new conversation (forget the history)
   /history             show the conversation so far
   /retry               answer the last message again
-  /set NAME VALUE      temperature, top_k, top_p, max_tokens or seed (top_k/top_p: 'off' to disable)
+  /set NAME VALUE      temperature, top_k, top_p, max_new_tokens or seed (top_k/top_p/seed: 'off' to disable)
   /settings            show the generation settings
   /save FILE           save the conversation as JSON
   /help                this list
   /quit                leave (also Ctrl-D)"""
 
 
-@dataclass
-class ChatSettings:
-    temperature: float = 0.7
-    top_k: int | None = 50
-    top_p: float | None = None
-    max_tokens: int = 200
-    seed: int | None = None
+CHAT_DEFAULTS = SamplingParams(max_new_tokens=200, temperature=0.7, top_k=50)
+SETTABLE = ("temperature", "top_k", "top_p", "max_new_tokens", "seed")
 
-    def set(self, name: str, value: str) -> None:
-        """Change one setting from its text form; a ``ValueError`` says what is allowed."""
-        if name not in ("temperature", "top_k", "top_p", "max_tokens", "seed"):
-            raise ValueError(f"unknown setting {name!r}; use temperature, top_k, top_p, max_tokens or seed")
-        if value.lower() in ("off", "none") and name in ("top_k", "top_p", "seed"):
-            setattr(self, name, None)
-            return
-        try:
-            number = float(value) if name in ("temperature", "top_p") else int(value)
-        except ValueError:
-            raise ValueError(f"{name} needs a number, got {value!r}") from None
-        if (name == "temperature" and number < 0) or (name == "top_p" and not 0 < number <= 1) or \
-                (name in ("top_k", "max_tokens") and number < 1):
-            raise ValueError(f"{name}={value} is out of range")
-        setattr(self, name, number)
+
+def with_setting(params: SamplingParams, name: str, value: str) -> SamplingParams:
+    """``params`` with one setting changed from its text form; a ``ValueError`` says what is allowed."""
+    if name not in SETTABLE:
+        raise ValueError(f"unknown setting {name!r}; use {', '.join(SETTABLE)}")
+    if value.lower() in ("off", "none") and name in ("top_k", "top_p", "seed"):
+        return params.with_(**{name: None})
+    try:
+        number = float(value) if name in ("temperature", "top_p") else int(value)
+    except ValueError:
+        raise ValueError(f"{name} needs a number, got {value!r}") from None
+    try:
+        return params.with_(**{name: number})
+    except ValueError:
+        raise ValueError(f"{name}={value} is out of range") from None
 
 
 @dataclass
@@ -67,7 +67,7 @@ class ChatSession:
 
     model: GPTModel
     style: PromptStyle
-    settings: ChatSettings = field(default_factory=ChatSettings)
+    params: SamplingParams = CHAT_DEFAULTS
     history: list[tuple[str, str]] = field(default_factory=list)
     system: str | None = None
     """A system message that opens every prompt, in the style's system format."""
@@ -77,7 +77,7 @@ class ChatSession:
 
     def prompt_ids(self, message: str) -> list[int]:
         """The prompt of ``message`` with as much history as fits beside the answer."""
-        room = self.model.cfg.context_length - min(self.settings.max_tokens, self.model.cfg.context_length // 2)
+        room = self.model.cfg.context_length - min(self.params.max_new_tokens, self.model.cfg.context_length // 2)
         for start in range(len(self.history) + 1):
             ids = encode(self.style.conversation(self.history[start:], message, self.system))
             if len(ids) <= room:
@@ -87,11 +87,10 @@ class ChatSession:
     def stream(self, message: str) -> Iterator[str]:
         """Yield the answer to ``message`` in pieces as tokens arrive; the history records
         the answer when the stream ends or is stopped (Ctrl-C)."""
-        generator = sampling_generator(self.model, self.settings.temperature, self.settings.seed)
-        answer = TextStream(self.prompt_ids(message), self.style.stop_strings)
+        generator = self.params.generator(next(self.model.parameters()).device)
+        answer = TextStream(self.prompt_ids(message), [*self.style.stop_strings, *self.params.stop])
         try:
-            yield from stream_answer(self.engine, answer, self.settings.max_tokens, self.settings.temperature,
-                                     self.settings.top_k, self.settings.top_p, generator)
+            yield from stream_answer(self.engine, answer, self.params, generator)
         finally:
             self.history.append((message, answer.text.strip()))
 
@@ -169,15 +168,15 @@ def run_command(session: ChatSession, command: str, args: list[str]) -> str:
     if command == "history":
         return "\n".join(f"you: {q}\nmodel: {a}" for q, a in session.history) or "(empty)"
     if command == "settings":
-        return ", ".join(f"{k}={v}" for k, v in asdict(session.settings).items())
+        return ", ".join(f"{name}={getattr(session.params, name)}" for name in SETTABLE)
     if command == "set":
         if len(args) != 2:
             return "usage: /set NAME VALUE"
         try:
-            session.settings.set(args[0], args[1])
+            session.params = with_setting(session.params, args[0], args[1])
         except ValueError as err:
             return f"error: {err}"
-        return f"{args[0]}={getattr(session.settings, args[0])}"
+        return f"{args[0]}={getattr(session.params, args[0])}"
     if command == "save":
         if not args:
             return "usage: /save FILE"
@@ -185,7 +184,8 @@ def run_command(session: ChatSession, command: str, args: list[str]) -> str:
         if not path.parent.is_dir():
             return f"error: no folder {path.parent} to save into; create it first or give another path"
         try:
-            write_json(path, {"prompt_style": session.style.name, "settings": asdict(session.settings),
+            settings = {name: getattr(session.params, name) for name in SETTABLE}
+            write_json(path, {"prompt_style": session.style.name, "settings": settings,
                               "turns": [{"user": q, "assistant": a} for q, a in session.history]})
         except OSError as err:
             return f"error: cannot write {path}: {err.strerror}"
@@ -194,23 +194,18 @@ def run_command(session: ChatSession, command: str, args: list[str]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = ChatSettings()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = HELP
     add_model_arguments(parser)
     parser.add_argument("--prompt", help="answer this once and exit ('-': read it from standard input)")
     parser.add_argument("--system", help="a system message that opens the conversation (in the prompt style's "
                         "system format)")
-    add_sampling_arguments(parser, defaults.temperature, defaults.top_k)
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
-                        help="longest answer in tokens (default: %(default)s)")
-    parser.add_argument("--seed", type=int, help="for reproducible sampling (default: a fresh one)")
+    add_sampling_arguments(parser, CHAT_DEFAULTS)
 
 
 def run(args: argparse.Namespace) -> int:
     model, style = model_for_generation(args)
-    settings = ChatSettings(args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed)
-    session = ChatSession(model, style, settings, system=args.system)
+    session = ChatSession(model, style, sampling_params(args), system=args.system)
     if args.prompt is not None:
         message = sys.stdin.read() if args.prompt == "-" else args.prompt
         for piece in session.stream(message.strip()):

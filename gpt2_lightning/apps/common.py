@@ -1,4 +1,4 @@
-"""What the verbs of the `gpt2` command share: user errors as one line with exit code 2, run-directory names."""
+"""What the verbs of the `gpt2` command share: user errors as one line with exit code 2."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import sys
 from collections.abc import Iterator
 
 from gpt2_lightning.errors import Gpt2LightningError
-
-TEST_SPLIT_FILE = "test-split.json"  # in a run directory: the test records, as the run split them
 
 # OS errors a user causes: a path that is missing, taken or not theirs, a full or read-only disk.
 USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)

@@ -11,7 +11,7 @@ from gpt2_lightning.errors import DataError
 from gpt2_lightning.evaluate.judge import Judge
 from gpt2_lightning.evaluate.scores import read_responses, score_responses
 from gpt2_lightning.fetch import sha256_of
-from gpt2_lightning.io import write_json
+from gpt2_lightning.io import read_json, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,10 +46,8 @@ def run(args: argparse.Namespace) -> None:
 
 def read_scores(path: Path) -> dict:
     """The scores already in ``path`` (none when it does not exist)."""
-    if not path.is_file():
-        return {}
     try:
-        scores = json.loads(path.read_text(encoding="utf-8"))
+        scores = read_json(path, missing={})
     except ValueError as err:
         raise DataError(f"{path}: not a JSON file ({err}); move it away or give --out") from None
     if not isinstance(scores, dict):

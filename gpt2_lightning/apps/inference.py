@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 
 from gpt2_lightning.data.prompts import PromptStyle, get_style
+from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.placement import placed_for_generation
+from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.model.gpt import GPTModel
 
 
@@ -21,12 +23,27 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "measures faster than float32 here), float32, bfloat16 or float16")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, temperature: float, top_k: int | None) -> None:
-    """How a verb samples its answers, with that verb's defaults."""
-    parser.add_argument("--temperature", type=float, default=temperature, help="0: greedy (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=top_k,
+def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: SamplingParams) -> None:
+    """How a verb samples its answers (``SamplingParams``), with that verb's defaults; the same
+    flags in every verb."""
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help="longest answer in tokens (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help="0: greedy (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k,
                         help="sample from the k most likely tokens only (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this mass")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p,
+                        help="sample from the smallest set of tokens holding this mass (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="for reproducible sampling (default: %(default)s; none: a fresh one)")
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    """The ``SamplingParams`` of the flags ``add_sampling_arguments`` added; bad values are a ConfigError."""
+    try:
+        return SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    except ValueError as err:
+        raise ConfigError(f"sampling settings: {err}") from None
 
 
 def model_for_generation(args: argparse.Namespace) -> tuple[GPTModel, PromptStyle]:

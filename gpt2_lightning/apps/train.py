@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gpt2_lightning.apps.common import TEST_SPLIT_FILE, exit_on_user_error
+from gpt2_lightning.apps.common import exit_on_user_error
 from gpt2_lightning.backends import ExecutionPlan, training_device, training_plan
 from gpt2_lightning.backends.cpu.allocator import keep_freed_memory
 from gpt2_lightning.data.datamodule import InstructionDataModule
@@ -31,8 +31,10 @@ from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.evaluate.plot import plot_losses, read_scalars
 from gpt2_lightning.evaluate.scores import score_responses
 from gpt2_lightning.export.folder import export_model
+from gpt2_lightning.export.run import Run
 from gpt2_lightning.generation.placement import placed_for_generation
-from gpt2_lightning.generation.respond import GenerationSettings, respond
+from gpt2_lightning.generation.respond import respond
+from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.io import remove_stale_temp_files, write_json
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 from gpt2_lightning.model.lora import LoRAConfig, merge_lora
@@ -91,31 +93,31 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     ``extra_callbacks`` join the configured ones (for notebooks and tests).
     """
     check_trainer(cfg.trainer)
-    output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = checkpoint_to_resume(cfg.ckpt_path, output_dir)
+    run_dir = Run(cfg.paths.output_dir)
+    ckpt_path = checkpoint_to_resume(cfg.ckpt_path, run_dir)
     if ckpt_path is not None:
         checkpoint = read_checkpoint(ckpt_path)  # a clear error for a missing, corrupt or foreign file, now
         if cfg.train and training_is_complete(checkpoint, cfg.trainer):
             log.warning("the run in %s is complete (step %d, epoch %d of trainer.max_epochs=%s): nothing to "
                         "resume, nothing changed; to train longer, resume with a larger trainer.max_epochs",
-                        output_dir, checkpoint["global_step"], checkpoint["epoch"], cfg.trainer.max_epochs)
+                        run_dir.path, checkpoint["global_step"], checkpoint["epoch"], cfg.trainer.max_epochs)
             return None
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     if rank_zero_only.rank == 0:  # before anything writes; the other processes start later
-        for stale in remove_stale_temp_files(output_dir):
+        for stale in remove_stale_temp_files(run_dir.path):
             log.info("removed %s, left by a write that was killed", stale)
 
     datamodule: InstructionDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # bad data fails here, before a model is built or downloaded
     datamodule.setup()
     if rank_zero_only.rank == 0:  # what `gpt2 respond RUN` answers, wherever the data lives by then
-        write_json(output_dir / TEST_SPLIT_FILE, datamodule.datasets["test"].records)
+        write_json(run_dir.test_split, datamodule.datasets["test"].records)
     adapter = adapter_settings(cfg.get("adapter"))
     model, base = build_model(cfg.model, cfg.paths.cache_dir, resuming=ckpt_path is not None, adapter=adapter)
     if datamodule.max_length is None:
         datamodule.max_length = model.cfg.context_length
-    plan = execution_plan(cfg, output_dir, model.cfg.emb_dim)
+    plan = execution_plan(cfg, run_dir, model.cfg.emb_dim)
     tuner = InstructionTuner(model.cfg.to_dict(), prompt_style=datamodule.prompt_style,
                              compile=cfg.model.compile, adapter=adapter, base=base, model=model, plan=plan,
                              **OmegaConf.to_container(cfg.optimizer, resolve=True))
@@ -142,12 +144,12 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
 
     model = delivered_model(trainer, tuner, best)  # every process: gathering may be a collective
     if trainer.is_global_zero:
-        finish_run(cfg, model, plan, datamodule, output_dir, metrics, best)
+        finish_run(cfg, model, plan, datamodule, run_dir, metrics, best)
     metric = best.best_model_score if best is not None and best.monitor == cfg.optimized_metric else None
     return float(metric) if metric is not None else metrics.get(cfg.optimized_metric)
 
 
-def execution_plan(cfg: DictConfig, output_dir: Path, width: int) -> ExecutionPlan:
+def execution_plan(cfg: DictConfig, run_dir: Run, width: int) -> ExecutionPlan:
     """The run's execution plan, made once: ``cfg.plan`` when given (a saved ``plan.json``: the
     processes this job starts for DDP are handed its own), else decided here and, on rank zero,
     logged and saved as the run's ``plan.json``. Processes started apart (torchrun, SLURM) decide
@@ -159,7 +161,7 @@ def execution_plan(cfg: DictConfig, output_dir: Path, width: int) -> ExecutionPl
                          measure=not started_apart)
     if rank_zero_only.rank == 0:
         log.info("execution plan: %s", plan.describe())
-        path = plan.save(output_dir)
+        path = plan.save(run_dir.path)
         # Lightning starts the other DDP processes with this process's arguments: they take this plan.
         sys.argv.append(f"plan='{escaped(path)}'")
     return plan
@@ -180,12 +182,12 @@ def training_is_complete(checkpoint: dict, trainer_cfg: DictConfig) -> bool:
         (max_epochs is not None and max_epochs >= 0 and epochs_done >= max_epochs)
 
 
-def checkpoint_to_resume(ckpt_path: str | None, output_dir: Path) -> str | None:
+def checkpoint_to_resume(ckpt_path: str | None, run_dir: Run) -> str | None:
     """``ckpt_path`` as given, or for ``auto`` the run directory's own ``last.ckpt`` when it
     has one (a fresh start when not: for schedulers that restart a job as it was)."""
     if ckpt_path != "auto":
         return ckpt_path
-    last = output_dir / "checkpoints" / "last.ckpt"
+    last = run_dir.last_checkpoint
     if last.is_file():
         log.info("ckpt_path=auto: resuming from %s", last)
         return str(last)
@@ -221,27 +223,28 @@ def delivered_model(trainer: L.Trainer, tuner: InstructionTuner, best: ModelChec
 
 
 def finish_run(cfg: DictConfig, model: GPTModel, plan: ExecutionPlan, datamodule: InstructionDataModule,
-               output_dir: Path, metrics: dict[str, float], best: ModelCheckpoint | None) -> None:
+               run_dir: Run, metrics: dict[str, float], best: ModelCheckpoint | None) -> None:
     """Export, answer the test split, score and plot: the run directory's deliverables."""
     style = datamodule.prompt_style
     if cfg.export:
-        export_model(model, output_dir / "export", style)
+        export_model(model, run_dir.export, style)
     if cfg.respond:
-        settings = GenerationSettings(**OmegaConf.to_container(cfg.generation, resolve=True), seed=cfg.seed)
+        settings = OmegaConf.to_container(cfg.generation, resolve=True)
+        batch_size = settings.pop("batch_size")
         model = placed_for_generation(model, plan)
-        answered = respond(model, datamodule.datasets["test"].records, output_dir / "responses.json",
-                           style, settings)
+        answered = respond(model, datamodule.datasets["test"].records, run_dir.responses,
+                           style, SamplingParams(**settings, seed=cfg.seed), batch_size)
         scores = {**score_responses(answered),
                   **{k: metrics[k] for k in ("test_loss", "test_ppl") if k in metrics}}
         if best is not None:
             scores["best_checkpoint"] = Path(best.best_model_path).name
             scores["best_val_loss"] = float(best.best_model_score)
-        write_json(output_dir / "eval.json", scores)
+        write_json(run_dir.scores, scores)
         log.info("eval: %s", scores)
-    if cfg.plot and cfg.train and (output_dir / "tensorboard").is_dir():
-        scalars = read_scalars(output_dir / "tensorboard")
+    if cfg.plot and cfg.train and run_dir.tensorboard.is_dir():
+        scalars = read_scalars(run_dir.tensorboard)
         if "train_loss" in scalars:
-            log.info("loss plot: %s", plot_losses(output_dir, scalars=scalars))
+            log.info("loss plot: %s", plot_losses(run_dir.path, scalars=scalars))
         else:
             log.warning("no loss plot: no train_loss was logged (the run trained fewer steps than "
                         "trainer.log_every_n_steps=%s)", cfg.trainer.log_every_n_steps)

@@ -8,7 +8,6 @@ it to every process; ``gpt2 respond / chat / serve`` make and log their own.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 from gpt2_lightning.errors import ConfigError
-from gpt2_lightning.io import write_json
+from gpt2_lightning.io import read_json, write_json
 
 PLAN_FILE = "plan.json"
 
@@ -83,7 +82,7 @@ class ExecutionPlan:
         path = Path(path)
         path = path / PLAN_FILE if path.is_dir() else path
         try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            return cls.from_dict(read_json(path))
         except (OSError, ValueError, TypeError, KeyError) as err:
             raise ConfigError(f"{path}: not a readable execution plan ({err})") from None
 

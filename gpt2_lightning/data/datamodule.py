@@ -15,7 +15,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from gpt2_lightning.data.dataset import InstructionCollator, InstructionDataset
-from gpt2_lightning.data.prompts import get_style
+from gpt2_lightning.data.prompts import DEFAULT_STYLE, get_style
 from gpt2_lightning.data.records import HUB_PREFIX, FieldNames, load_records, split_records
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler
 from gpt2_lightning.errors import ConfigError, DataError
@@ -51,7 +51,7 @@ class InstructionDataModule(L.LightningDataModule):
     of the user's: a mistyped name is an error, not a download)."""
     download_dir: str | None = None
     """Where ``url`` is downloaded to (default: ``data/`` of the user cache)."""
-    prompt_style: str = "alpaca"
+    prompt_style: str = DEFAULT_STYLE
     """A name in ``gpt2_lightning.data.prompts.PROMPT_STYLES``."""
     format: str = "auto"
     """``alpaca``, ``messages`` (OpenAI) or ``sharegpt``; ``auto``: told by the first record."""

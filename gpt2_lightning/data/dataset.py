@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gpt2_lightning.data.prompts import PromptStyle, get_style
+from gpt2_lightning.data.prompts import DEFAULT_STYLE, PromptStyle, get_style
 from gpt2_lightning.data.records import Record
 from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.model.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
@@ -41,7 +41,7 @@ class InstructionDataset(Dataset):
     ``<|endoftext|>``) and which of them are scored, one flat ``uint16`` / ``bool`` array
     for all examples."""
 
-    def __init__(self, records: Sequence[Record], style: str | PromptStyle = "alpaca", mask_prompt: bool = False,
+    def __init__(self, records: Sequence[Record], style: str | PromptStyle = DEFAULT_STYLE, mask_prompt: bool = False,
                  train_on: str = "assistant", tokens: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
         if train_on not in TRAIN_ON:
             raise ConfigError(f"data.train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")

@@ -122,6 +122,11 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
 }
 
 
+# The style of the reference fine-tune: what training uses unless told, and what plain GPT-2
+# weights (which carry no style of their own) are prompted with.
+DEFAULT_STYLE = "alpaca"
+
+
 def get_style(style: str | PromptStyle) -> PromptStyle:
     if isinstance(style, PromptStyle):
         return style
@@ -131,17 +136,17 @@ def get_style(style: str | PromptStyle) -> PromptStyle:
         raise ConfigError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}") from None
 
 
-def format_prompt(record: Mapping[str, str], style: str | PromptStyle = "alpaca") -> str:
+def format_prompt(record: Mapping[str, str], style: str | PromptStyle = DEFAULT_STYLE) -> str:
     """The prompt text of ``record`` (instruction, optional input, response header)."""
     return get_style(style).prompt(record)
 
 
-def format_example(record: Mapping[str, str], style: str | PromptStyle = "alpaca") -> str:
+def format_example(record: Mapping[str, str], style: str | PromptStyle = DEFAULT_STYLE) -> str:
     """Prompt and response as one training text."""
     style = get_style(style)
     return style.prompt(record) + style.response(record)
 
 
-def extract_response(text: str, style: str | PromptStyle = "alpaca") -> str:
+def extract_response(text: str, style: str | PromptStyle = DEFAULT_STYLE) -> str:
     """The model's answer in ``text``, the prompt followed by the generation (see ``PromptStyle.extract``)."""
     return get_style(style).extract(text)

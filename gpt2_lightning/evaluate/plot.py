@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+from gpt2_lightning.export.run import Run  # noqa: E402
 from gpt2_lightning.io import atomic_write  # noqa: E402
 
 
@@ -31,11 +32,11 @@ def plot_losses(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
                 scalars: dict[str, list[tuple[int, float]]] | None = None) -> Path:
     """Draw the losses of a run directory (its ``tensorboard/`` events, or ``scalars`` already
     read from them) into ``loss.png``."""
-    run_dir = Path(run_dir)
-    scalars = scalars if scalars is not None else read_scalars(run_dir / "tensorboard")
+    run = Run(run_dir)
+    scalars = scalars if scalars is not None else read_scalars(run.tensorboard)
     if "train_loss" not in scalars:
-        raise FileNotFoundError(f"{run_dir / 'tensorboard'}: no train_loss scalars to plot")
-    out = Path(out) if out is not None else run_dir / "loss.png"
+        raise FileNotFoundError(f"{run.tensorboard}: no train_loss scalars to plot")
+    out = Path(out) if out is not None else run.loss_plot
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     for tag, label, style in (("train_loss", "Training loss", "-"), ("val_loss", "Validation loss", "-.")):
         if tag in scalars:

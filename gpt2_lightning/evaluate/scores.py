@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from gpt2_lightning.data.records import reference_answer
 from gpt2_lightning.errors import DataError
+from gpt2_lightning.io import read_json
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -60,7 +60,7 @@ def score_responses(records: Sequence[dict]) -> dict:
 
 def read_responses(path: Path) -> list[dict]:
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = read_json(path)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except ValueError as err:

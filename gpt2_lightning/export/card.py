@@ -6,18 +6,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gpt2_lightning.data.prompts import PromptStyle
+from gpt2_lightning.export.run import Run
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.pretrained import HUB_REPOS
-from gpt2_lightning.resources import register_resolvers
 
-RUN_CONFIG = Path(".hydra") / "config.yaml"
-SCORES_FILE = "eval.json"
 # Settings shown in the card's training table: (label, config key).
 HYPERPARAMETERS = (
     ("learning rate", "optimizer.lr"), ("weight decay", "optimizer.weight_decay"),
@@ -42,24 +39,10 @@ class RunSummary:
         return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 
-def find_run_dir(spec: str | os.PathLike) -> Path | None:
-    """The run directory of a run, its export folder or one of its checkpoints, if any."""
-    path = Path(spec)
-    for candidate in (path, path.parent, path.parent.parent):
-        if (candidate / RUN_CONFIG).is_file():
-            return candidate
-    return None
-
-
 def read_run_summary(spec: str | os.PathLike) -> RunSummary:
     """The settings and scores of the run ``spec`` belongs to; empty for plain weights."""
-    run_dir = find_run_dir(spec)
-    if run_dir is None:
-        return RunSummary()
-    register_resolvers()
-    scores_file = run_dir / SCORES_FILE
-    scores = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
-    return RunSummary(OmegaConf.load(run_dir / RUN_CONFIG), scores)
+    run = Run.of(spec)
+    return RunSummary() if run is None else RunSummary(run.config, run.read_scores())
 
 
 def base_model(summary: RunSummary) -> str | None:

@@ -6,7 +6,6 @@ whoever loads the export uses the same template without being told.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import safetensors.torch
 
 from gpt2_lightning.errors import CheckpointMismatchError
-from gpt2_lightning.io import atomic_write, write_json
+from gpt2_lightning.io import atomic_write, read_json, write_json
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 from gpt2_lightning.model.pretrained import WEIGHTS_FILE, model_with_weights, read_safetensors
 
@@ -37,23 +36,21 @@ def export_model(model: GPTModel, folder: str | os.PathLike, prompt_style: str) 
 
 
 def is_export(folder: str | os.PathLike) -> bool:
-    config = Path(folder) / CONFIG_FILE
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("format") == FORMAT
-    except (ValueError, AttributeError):
-        return False
+    config = read_json(Path(folder) / CONFIG_FILE, missing=None, invalid=None)
+    return isinstance(config, dict) and config.get("format") == FORMAT
 
 
 def load_export(folder: str | os.PathLike) -> tuple[GPTModel, dict[str, Any]]:
     """The model of an export folder and its metadata (``prompt_style``, ``model``)."""
     folder = Path(folder)
     try:
-        meta = json.loads((folder / CONFIG_FILE).read_text())
+        meta = read_json(folder / CONFIG_FILE)
         config = GPTConfig.from_dict(meta["model"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointMismatchError(f"{folder / CONFIG_FILE}: not a valid export config ({err})") from None
+    if not isinstance(meta.get("prompt_style"), str):
+        raise CheckpointMismatchError(f"{folder / CONFIG_FILE}: no prompt_style; the export cannot say how to prompt "
+                                      f"its model")
     state = read_safetensors(folder / WEIGHTS_FILE)
     if config.tie_weights:
         state["out_head.weight"] = state["tok_emb.weight"]

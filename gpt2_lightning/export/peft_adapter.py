@@ -10,11 +10,12 @@ from pathlib import Path
 import safetensors.torch
 
 from gpt2_lightning.errors import ConfigError
+from gpt2_lightning.export.run import Run
 from gpt2_lightning.io import atomic_write, write_json
 from gpt2_lightning.model.gpt import GPT2_ALIASES
 from gpt2_lightning.model.lora import LORA_TARGETS, LoRAConfig
 from gpt2_lightning.model.pretrained import HUB_REPOS
-from gpt2_lightning.train.checkpoints import read_checkpoint, run_checkpoint
+from gpt2_lightning.train.checkpoints import read_checkpoint
 
 # Our LoRA targets -> the GPT2LMHeadModel modules they adapt (Conv1D layers: fan_in_fan_out).
 HF_MODULES = {"qkv": "attn.c_attn", "out_proj": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}
@@ -27,7 +28,7 @@ def lora_checkpoint(spec: str | os.PathLike) -> Path:
     path = Path(spec)
     if path.suffix == ".ckpt":
         return path
-    found = run_checkpoint(path)
+    found = Run(path).delivered_checkpoint
     if found is None:
         raise ConfigError(f"--adapter-only needs a LoRA run's checkpoint; {path} holds no checkpoints/*.ckpt")
     return found

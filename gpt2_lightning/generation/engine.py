@@ -4,7 +4,7 @@ Sequences join the running batch at the next step and leave it, freeing their sl
 they finish; each has its own sampling settings, token limit, deadline and cancellation.
 All rows share one KV cache whose filled length ``L`` advances by one per step: a row's
 prompt sits right-aligned at ``L`` with its left padding masked out of attention and
-positions (as in ``generate_batch``), so every row computes what it would alone. A prompt
+positions, so every row computes what it would alone. A prompt
 longer than ``L`` shifts the others right; when ``L`` reaches the end of the cache, the
 rows shift left by the padding they all have.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpt2_lightning.generation.sampling import sample_next
+from gpt2_lightning.generation.sampling import SamplingParams, sample_next
 from gpt2_lightning.model.gpt import GPTModel, KVCache
 from gpt2_lightning.model.tokenizer import EOT_ID
 
@@ -34,16 +34,14 @@ class QueueFull(Exception):
 class Generation:
     """One sequence to generate. ``on_token(id)`` receives each new token id and
     ``on_finish(reason)`` is called once at the end, both on the engine's thread: reason is
-    ``"stop"`` (end-of-text), ``"length"`` (``max_new_tokens``), ``"cancelled"``,
+    ``"stop"`` (end-of-text), ``"length"`` (``params.max_new_tokens``), ``"cancelled"``,
     ``"time_limit"`` or ``"error"``."""
 
     prompt_ids: Sequence[int]
-    max_new_tokens: int
+    params: SamplingParams
+    """Its sampling settings and ``max_new_tokens`` (stop strings are the consumer's: ``TextStream``)."""
     on_token: Callable[[int], None]
     on_finish: Callable[[str], None]
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
     generator: torch.Generator | None = None
     deadline: float | None = None
     """``time.monotonic()`` after which the sequence ends with ``"time_limit"``."""
@@ -85,7 +83,7 @@ class BatchEngine:
         limit = self.cache.max_length
         if not 0 < len(seq.prompt_ids) < limit:
             raise ValueError(f"a prompt needs 1 to {limit - 1} tokens, got {len(seq.prompt_ids)}")
-        seq.max_new_tokens = min(seq.max_new_tokens, limit - len(seq.prompt_ids))
+        seq.params = seq.params.with_(max_new_tokens=min(seq.params.max_new_tokens, limit - len(seq.prompt_ids)))
         with self._wake:
             while block and len(self.waiting) >= self.max_queue and not self._closed:
                 self._wake.wait()
@@ -195,7 +193,7 @@ class BatchEngine:
                 seq.finish_reason = "error"
 
     def _emit(self, seq: Generation, logits: torch.Tensor) -> None:
-        token = int(sample_next(logits, seq.temperature, seq.top_k, seq.top_p, seq.generator))
+        token = int(sample_next(logits, seq.params, seq.generator))
         seq.last_token = token
         if token == self.eos_id:
             seq.finish_reason = "stop"
@@ -203,7 +201,7 @@ class BatchEngine:
         seq.n_generated += 1
         self.generated_tokens += 1
         seq.on_token(token)
-        if seq.n_generated >= seq.max_new_tokens:
+        if seq.n_generated >= seq.params.max_new_tokens:
             seq.finish_reason = "length"
 
     def _drop_finished(self) -> None:

@@ -7,11 +7,10 @@ answered batch: an interrupted run resumes after the last saved record.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import queue
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,43 +20,34 @@ from gpt2_lightning.data.prompts import PromptStyle, get_style
 from gpt2_lightning.data.records import load_records, prompt_of
 from gpt2_lightning.errors import DataError
 from gpt2_lightning.generation.engine import BatchEngine, Generation
-from gpt2_lightning.generation.sampling import sampling_generator
-from gpt2_lightning.io import write_json
+from gpt2_lightning.generation.sampling import SamplingParams
+from gpt2_lightning.io import read_json, write_json
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.tokenizer import decode, encode
 
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    batch_size: int = 8
-    seed: int = 123
+DEFAULT_PARAMS = SamplingParams(seed=123)  # greedy, as the reference; the seed for sampling
 
 
-def answers_as_they_finish(model: GPTModel, records: Sequence[dict], style: str | PromptStyle = "alpaca",
-                           settings: GenerationSettings = GenerationSettings(),
+def answers_as_they_finish(model: GPTModel, records: Sequence[dict], style: PromptStyle,
+                           params: SamplingParams = DEFAULT_PARAMS, batch_size: int = 8,
                            generator_for: Callable[[int], torch.Generator | None] = lambda index: None,
                            ) -> Iterator[tuple[int, str]]:
     """``(index, extracted answer)`` for each of ``records``, in the order the answers finish:
-    a ``BatchEngine`` of ``settings.batch_size`` rows decodes them, a row taking the next
-    prompt as soon as its answer is done (each answer is what its prompt would get alone).
+    a ``BatchEngine`` of ``batch_size`` rows decodes them, a row taking the next prompt as
+    soon as its answer is done (each answer is what its prompt would get alone).
     ``generator_for(index)`` gives each record's random generator when sampling."""
     style = get_style(style)
-    keep = max(1, model.cfg.context_length - settings.max_new_tokens)  # room to answer
+    keep = max(1, model.cfg.context_length - params.max_new_tokens)  # room to answer
     prompts = [encode(prompt_of(record, style))[-keep:] for record in records]
     if not prompts:
         return
     tokens: list[list[int]] = [[] for _ in prompts]
     finished: queue.Queue = queue.Queue()
-    length = min(model.cfg.context_length, max(map(len, prompts)) + settings.max_new_tokens)
-    with BatchEngine(model, settings.batch_size, max_queue=len(prompts), max_length=length) as engine:
+    length = min(model.cfg.context_length, max(map(len, prompts)) + params.max_new_tokens)
+    with BatchEngine(model, batch_size, max_queue=len(prompts), max_length=length) as engine:
         for index, ids in enumerate(prompts):
-            engine.submit(Generation(ids, settings.max_new_tokens, on_token=tokens[index].append,
+            engine.submit(Generation(ids, params, on_token=tokens[index].append,
                                      on_finish=lambda reason, index=index: finished.put((index, reason)),
-                                     temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
                                      generator=generator_for(index)))
         for _ in prompts:
             index, reason = finished.get()
@@ -66,25 +56,18 @@ def answers_as_they_finish(model: GPTModel, records: Sequence[dict], style: str 
             yield index, style.answer(decode(tokens[index]))
 
 
-def answer_batch(model: GPTModel, records: Sequence[dict], style: str | PromptStyle = "alpaca",
-                 settings: GenerationSettings = GenerationSettings(),
+def answer_batch(model: GPTModel, records: Sequence[dict], style: str | PromptStyle,
+                 params: SamplingParams = DEFAULT_PARAMS, batch_size: int = 8,
                  generator: torch.Generator | None = None) -> list[str]:
     """The model's extracted answers to ``records``, in their order (see
     ``answers_as_they_finish``; ``generator``, when sampling, is shared by all)."""
-    answers = dict(answers_as_they_finish(model, records, style, settings, lambda index: generator))
+    answers = dict(answers_as_they_finish(model, records, style, params, batch_size, lambda index: generator))
     return [answers[index] for index in range(len(records))]
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _finished_prefix(path: Path, records: Sequence[dict]) -> list[dict]:
     """Answered records of an earlier, interrupted run of the same records."""
-    done = _read_json(path)
+    done = read_json(path, missing=None, invalid=None)
     if not isinstance(done, list):
         return []
     prefix = []
@@ -105,11 +88,11 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def answer_identity(model: GPTModel, style: PromptStyle, settings: GenerationSettings) -> dict:
+def answer_identity(model: GPTModel, style: PromptStyle, params: SamplingParams) -> dict:
     """What the answers depend on: the weights, the prompt style and the sampling settings
     (not the batch size: a left-padded batch answers each prompt as it would be alone)."""
     return {"weights_sha256": weights_sha256(model), "prompt_style": style.name,
-            "settings": {k: v for k, v in asdict(settings).items() if k != "batch_size"}}
+            "settings": {**asdict(params), "stop": list(params.stop)}}
 
 
 def identity_path(path: Path) -> Path:
@@ -117,22 +100,21 @@ def identity_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.meta.json")
 
 
-def respond(model: GPTModel, records: Sequence[dict], path: str | os.PathLike,
-            style: str | PromptStyle = "alpaca", settings: GenerationSettings = GenerationSettings(),
-            progress: bool = True) -> list[dict]:
+def respond(model: GPTModel, records: Sequence[dict], path: str | os.PathLike, style: str | PromptStyle,
+            params: SamplingParams = DEFAULT_PARAMS, batch_size: int = 8, progress: bool = True) -> list[dict]:
     """Answer ``records`` into ``path``; return the answered records.
 
     Answers already in ``path`` are kept, and an interrupted file is resumed, only when they
     were given by the same weights, prompt style and settings (``answer_identity``, kept in
     ``identity_path(path)``) to the same records; otherwise every record is answered anew.
     The answers are decoded together, a row taking the next record as soon as it is free; the
-    file is rewritten atomically whenever ``settings.batch_size`` more records in a row are
+    file is rewritten atomically whenever ``batch_size`` more records in a row are
     answered.
     """
     path, style = Path(path), get_style(style)
-    identity = answer_identity(model, style, settings)
+    identity = answer_identity(model, style, params)
     meta = identity_path(path)
-    results = _finished_prefix(path, records) if _read_json(meta) == identity else []
+    results = _finished_prefix(path, records) if read_json(meta, missing=None, invalid=None) == identity else []
     if not results:
         meta.unlink(missing_ok=True)  # until it is written again, nothing in path is trusted
     todo = records[len(results):]
@@ -141,14 +123,14 @@ def respond(model: GPTModel, records: Sequence[dict], path: str | os.PathLike,
     with tqdm(total=len(records), initial=done, desc="responses", disable=not progress) as bar:
         # Each record's sampling is seeded by its place, so a resumed file samples what an
         # uninterrupted one would, however the rows were scheduled.
-        for index, text in answers_as_they_finish(
-                model, todo, style, settings,
-                lambda index: sampling_generator(model, settings.temperature, settings.seed + done + index)):
+        device = next(model.parameters()).device
+        for index, text in answers_as_they_finish(model, todo, style, params, batch_size,
+                                                  lambda index: params.generator(device, done + index)):
             answers[index] = text
             bar.update(1)
             while len(results) - done in answers:  # the file holds a prefix of the records
                 results.append({**todo[len(results) - done], "model_response": answers.pop(len(results) - done)})
-                if (len(results) - done) % settings.batch_size == 0 or len(results) == len(records):
+                if (len(results) - done) % batch_size == 0 or len(results) == len(records):
                     _save(path, results, meta, identity)  # an interruption loses one batch at most
     if not todo:
         _save(path, results, meta, identity)

@@ -1,8 +1,10 @@
-"""Autoregressive sampling from a ``GPTModel``: greedy, temperature, top-k, top-p, KV cache."""
+"""Autoregressive sampling from a ``GPTModel``: the sampling settings, greedy / temperature /
+top-k / top-p choice of a token, and ``generate`` with a KV cache."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -10,26 +12,60 @@ from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.tokenizer import EOT_ID
 
 
-def sampling_generator(model: GPTModel, temperature: float, seed: int | None) -> torch.Generator | None:
-    """The random generator for sampling on ``model``'s device: seeded when ``seed`` is
-    given (reproducible answers), fresh otherwise; None for greedy decoding."""
-    if temperature <= 0:
-        return None
-    generator = torch.Generator(device=next(model.parameters()).device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
-    return generator
+@dataclass(frozen=True)
+class SamplingParams:
+    """How an answer's tokens are chosen and when it ends: one object for ``generate``, the
+    batch engine, ``gpt2 respond``, ``gpt2 chat`` and ``gpt2 serve``."""
+
+    max_new_tokens: int = 256
+    """The most tokens an answer gets (fewer where the context runs out)."""
+    temperature: float = 0.0
+    """0: greedy; else the logits are divided by it before sampling."""
+    top_k: int | None = None
+    """Sample from the k most likely tokens only."""
+    top_p: float | None = None
+    """Sample from the smallest set of tokens holding this probability mass."""
+    seed: int | None = None
+    """Seeds the sampling (reproducible answers); None: a fresh seed each time."""
+    stop: tuple[str, ...] = ()
+    """Strings that end the answer (not included), beside the prompt style's own."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))
+        problems = [f"{name} must be {rule}, got {value!r}" for name, value, bad, rule in (
+            ("max_new_tokens", self.max_new_tokens, self.max_new_tokens < 1, "at least 1"),
+            ("temperature", self.temperature, self.temperature < 0, "0 or more"),
+            ("top_k", self.top_k, self.top_k is not None and self.top_k < 1, "at least 1 (or None)"),
+            ("top_p", self.top_p, self.top_p is not None and not 0 < self.top_p <= 1, "in (0, 1] (or None)"))
+            if bad]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def with_(self, **changes) -> SamplingParams:
+        """A copy with ``changes`` (checked again)."""
+        return replace(self, **changes)
+
+    def generator(self, device: torch.device | str, offset: int = 0) -> torch.Generator | None:
+        """The random generator for sampling on ``device``: seeded with ``seed + offset`` when a
+        seed is set (each record of a split its own, reproducible stream), fresh otherwise; None
+        for greedy decoding."""
+        if self.temperature <= 0:
+            return None
+        generator = torch.Generator(device=device)
+        if self.seed is not None:
+            generator.manual_seed(self.seed + offset)
+        else:
+            generator.seed()
+        return generator
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token id per row of ``logits [B, vocab]``: argmax at temperature 0, else sampled
     from the temperature-scaled distribution cut to the top-k tokens and the top-p mass."""
-    if temperature <= 0.0:
+    if params.temperature <= 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float() / params.temperature
+    top_k, top_p = params.top_k, params.top_p
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -44,30 +80,22 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
 
 
 @torch.inference_mode()
-def stream_tokens(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                  top_k: int | None = None, top_p: float | None = None, eos_id: int | None = EOT_ID,
-                  use_cache: bool = True, generator: torch.Generator | None = None,
-                  pad_lengths: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+def stream_tokens(model: GPTModel, idx: torch.Tensor, params: SamplingParams, eos_id: int | None = EOT_ID,
+                  use_cache: bool = True, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token ids ``[B, 1]`` one step at a time, until every row has produced
-    ``eos_id`` or ``max_new_tokens`` (bounded by the context length) are out.
-
-    ``pad_lengths [B]``: the rows of ``idx`` are left-padded by that many tokens (which are
-    ignored); needs the cache.
-    """
-    if pad_lengths is not None and not use_cache:
-        raise ValueError("left-padded batches need use_cache=True")
-    context = model.cfg.context_length
-    max_new_tokens = max(0, min(max_new_tokens, context - idx.shape[1]))
+    ``eos_id`` or ``params.max_new_tokens`` (bounded by the context length) are out. The
+    batch engine (``generation.engine``) is what the verbs decode with; this is its reference."""
+    max_new_tokens = max(0, min(params.max_new_tokens, model.cfg.context_length - idx.shape[1]))
     if max_new_tokens == 0:
         return
     was_training = model.training
     model.eval()
     try:
-        cache = model.new_cache(idx.shape[0], idx.shape[1] + max_new_tokens, pad_lengths) if use_cache else None
+        cache = model.new_cache(idx.shape[0], idx.shape[1] + max_new_tokens) if use_cache else None
         finished = torch.zeros(idx.shape[0], 1, dtype=torch.bool, device=idx.device)
         logits = model(idx, cache)[:, -1]
         for step in range(max_new_tokens):
-            next_ids = sample_next(logits, temperature, top_k, top_p, generator)
+            next_ids = sample_next(logits, params, generator)
             if eos_id is not None:
                 next_ids = next_ids.masked_fill(finished, eos_id)
                 finished |= next_ids == eos_id
@@ -86,37 +114,14 @@ def stream_tokens(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, tempe
 def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = EOT_ID,
              use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The prompt ``idx [B, T]`` followed by up to ``max_new_tokens`` new tokens.
+    """The prompt ``idx [B, T]`` followed by up to ``max_new_tokens`` new tokens (the settings
+    are ``SamplingParams``'; ``generator`` draws the samples).
 
     As in the reference, a single sequence stops before its ``<|endoftext|>`` (which is not
     appended); in a batch, rows that finished early are filled with ``eos_id``.
     """
-    new = list(stream_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
-                             use_cache, generator))
+    params = SamplingParams(max(1, max_new_tokens), temperature, top_k, top_p)
+    new = list(stream_tokens(model, idx, params, eos_id, use_cache, generator)) if max_new_tokens > 0 else []
     if new and idx.shape[0] == 1 and eos_id is not None and int(new[-1]) == eos_id:
         new.pop()
     return torch.cat([idx, *new], dim=1)
-
-
-def generate_batch(model: GPTModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                   eos_id: int | None = EOT_ID, generator: torch.Generator | None = None) -> list[list[int]]:
-    """New tokens for each of several prompts of any lengths, decoded together.
-
-    The prompts are left-padded into one batch (the padding is masked out of attention
-    and positions), so each answer is what ``generate`` would give for its prompt alone.
-    The returned lists stop before ``eos_id``.
-    """
-    if not prompts:
-        return []
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    pad = eos_id if eos_id is not None else 0
-    idx = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
-    pad_lengths = torch.tensor([width - len(p) for p in prompts], device=device)
-    steps = list(stream_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
-                               use_cache=True, generator=generator, pad_lengths=pad_lengths))
-    if not steps:
-        return [[] for _ in prompts]
-    new = torch.cat(steps, dim=1).tolist()
-    return [row[:row.index(eos_id)] if eos_id in row else row for row in new]

@@ -10,6 +10,7 @@ import torch
 
 from gpt2_lightning.data.prompts import cut_at_stop
 from gpt2_lightning.generation.engine import BatchEngine, Generation
+from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.model.tokenizer import decode
 
 
@@ -75,24 +76,21 @@ class GenerationFailed(RuntimeError):
     """The engine ended a sequence with an error."""
 
 
-def generation_for(stream: TextStream, deliver: Callable[[object], None], max_new_tokens: int,
-                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+def generation_for(stream: TextStream, deliver: Callable[[object], None], params: SamplingParams,
                    generator: torch.Generator | None = None, deadline: float | None = None) -> Generation:
     """The engine sequence of ``stream``'s prompt: ``deliver`` receives each token id, then
     ``("end", reason)``, which ``TextStream.feed`` takes in turn."""
-    return Generation(stream.prompt_ids, max_new_tokens, on_token=deliver,
-                      on_finish=lambda reason: deliver(("end", reason)), temperature=temperature, top_k=top_k,
-                      top_p=top_p, generator=generator, deadline=deadline)
+    return Generation(stream.prompt_ids, params, on_token=deliver, on_finish=lambda reason: deliver(("end", reason)),
+                      generator=generator, deadline=deadline)
 
 
-def stream_answer(engine: BatchEngine, stream: TextStream, max_new_tokens: int, temperature: float = 0.0,
-                  top_k: int | None = None, top_p: float | None = None,
+def stream_answer(engine: BatchEngine, stream: TextStream, params: SamplingParams,
                   generator: torch.Generator | None = None) -> Iterator[str]:
     """Generate ``stream``'s answer on ``engine`` (waiting for room in its queue) and yield
     its text in pieces. Leaving early (a stop string, Ctrl-C, closing the iterator) frees
     the sequence's row at the engine's next step."""
     arrived: queue.Queue = queue.Queue()
-    seq = generation_for(stream, arrived.put, max_new_tokens, temperature, top_k, top_p, generator)
+    seq = generation_for(stream, arrived.put, params, generator)
     engine.submit(seq, block=True)
     try:
         while stream.finish_reason is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from gpt2_lightning import resources
 from gpt2_lightning.errors import CheckpointMismatchError, ConfigError
 from gpt2_lightning.fetch import download, sha256_of
+from gpt2_lightning.io import read_json
 from gpt2_lightning.model.gpt import GPT2_ALIASES, GPTConfig, GPTModel
 
 # Hugging Face GPT-2 submodule name -> ours. Conv1D layers store weights as [in, out].
@@ -191,11 +191,9 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def heads_from_hf_config(weights: Path) -> int | None:
     """``n_head`` from a Hugging Face ``config.json`` lying beside the weights, if any."""
-    config = weights.with_name("config.json")
-    if not config.is_file():
-        return None
+    config = read_json(weights.with_name("config.json"), missing=None, invalid=None)
     try:
-        return int(json.loads(config.read_text())["n_head"])
+        return int(config["n_head"])
     except (ValueError, KeyError, TypeError):
         return None
 

@@ -15,7 +15,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gpt2_lightning.data.prompts import format_prompt
-from gpt2_lightning.generation.respond import GenerationSettings, answer_batch
+from gpt2_lightning.generation.respond import answer_batch
+from gpt2_lightning.generation.sampling import SamplingParams
+from gpt2_lightning.train.lightning_internals import stop_after_this_batch
 from gpt2_lightning.train.strategies import shards_parameters
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,7 @@ class ResponseSample(L.Callback):
         if trainer.sanity_checking or not (trainer.is_global_zero or shards_parameters(trainer.strategy)):
             return
         style = pl_module.hparams.prompt_style
-        settings = GenerationSettings(max_new_tokens=self.max_new_tokens)
-        [answer] = answer_batch(pl_module.model, [self.record], style, settings)
+        [answer] = answer_batch(pl_module.model, [self.record], style, SamplingParams(self.max_new_tokens))
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
@@ -54,6 +55,8 @@ class LastCheckpoint(ModelCheckpoint):
       validation of a short run always saves, and a long run pays a write, ~3 s for gpt2-small,
       at most once per interval),
     - at the end of training, unless it was just saved at that very step.
+
+    It builds on ``ModelCheckpoint``'s private methods (``lightning_internals.CHECKPOINT_METHODS``).
     """
 
     def __init__(self, dirpath: str, train_time_interval: timedelta | None = timedelta(minutes=5),
@@ -111,7 +114,7 @@ class GracefulStop(L.Callback):
                 raise KeyboardInterrupt
             self.signal = signum
             log.warning("stopping after this batch (Ctrl-C again to stop at once)")
-            trainer._signal_connector.received_sigterm = True  # Lightning's stop-after-batch flag
+            stop_after_this_batch(trainer)
 
         self._previous_handler = signal.signal(signal.SIGINT, request_stop)
 

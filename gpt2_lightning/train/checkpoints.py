@@ -62,13 +62,6 @@ def adapted_model(hparams: dict[str, Any], state_dict: dict[str, Any], source: s
     return merge_adapters(model, state_dict, source)
 
 
-def run_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint a run delivers: its best by validation, else its last; None if neither."""
-    checkpoints = Path(run_dir) / "checkpoints"
-    candidates = sorted(checkpoints.glob("best-*.ckpt")) + [checkpoints / "last.ckpt"]
-    return next((c for c in candidates if c.is_file()), None)
-
-
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[GPTModel, dict[str, Any]]:
     """The model of a Lightning checkpoint (``.ckpt``), built from its saved config, and
     its metadata (``model``, ``prompt_style``). A LoRA run's checkpoint gives its base with
@@ -79,4 +72,7 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[GPTModel, dict[str, 
         model = adapted_model(hparams, checkpoint["state_dict"], str(path))
     else:
         model = model_from_state_dict(GPTConfig.from_dict(hparams["gpt_config"]), checkpoint["state_dict"], str(path))
-    return model, {"model": model.cfg.to_dict(), "prompt_style": hparams.get("prompt_style", "alpaca")}
+    if not isinstance(hparams.get("prompt_style"), str):
+        raise CheckpointMismatchError(f"{path}: the checkpoint holds no prompt style (hyper_parameters.prompt_style); "
+                                      f"it cannot say how to prompt its model")
+    return model, {"model": model.cfg.to_dict(), "prompt_style": hparams["prompt_style"]}

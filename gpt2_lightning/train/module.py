@@ -13,6 +13,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torchmetrics import MeanMetric
 
 from gpt2_lightning.backends import ExecutionPlan, prepare_for_training, training_plan
+from gpt2_lightning.data.prompts import DEFAULT_STYLE
 from gpt2_lightning.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 from gpt2_lightning.model.lora import LoRAConfig, add_lora, is_adapter_key
@@ -45,7 +46,7 @@ class InstructionTuner(L.LightningModule):
     device and precision.
     """
 
-    def __init__(self, gpt_config: dict[str, Any], prompt_style: str = "alpaca", lr: float = 5e-5,
+    def __init__(self, gpt_config: dict[str, Any], prompt_style: str = DEFAULT_STYLE, lr: float = 5e-5,
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
                  warmup_steps: int = 0, schedule: str = "constant", min_lr_ratio: float = 0.1,
                  decay_biases_and_norms: bool = False, compile: bool = False, adapter: dict[str, Any] | None = None,

@@ -10,17 +10,15 @@ cache (``calibration.json``).
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from gpt2_lightning.backends.cpu.onednn import OneDNNLinear, onednn_available
-from gpt2_lightning.backends.machine import machine
-from gpt2_lightning.io import write_json
+from gpt2_lightning.backends.machine import machine, timings
+from gpt2_lightning.io import read_json, write_json
 from gpt2_lightning.resources import cache_dir
 
 log = logging.getLogger(__name__)
@@ -116,19 +114,11 @@ def _time(device: torch.device, workload: str, width: int, dtype: torch.dtype, r
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    run()  # warm up (oneDNN builds its kernels on the first calls)
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)  # the least disturbed by whatever else runs
+    # Two warm-up runs (oneDNN builds its kernels on the first calls); the fewest seconds are
+    # the least disturbed by whatever else runs.
+    return min(timings(run, repeats, warmup=2))
 
 
 def _read(path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    data = read_json(path, missing={}, invalid={})
     return data if isinstance(data, dict) else {}

@@ -1,0 +1,121 @@
+"""``Run``: a training run's directory, its layout in one place.
+
+A run directory holds what ``gpt2 train`` left (``README.md``'s table): checkpoints, the
+export, the test split, the answers and their scores, the execution plan, the loss plot and
+the report. Every verb finds these through a ``Run``, and ``load_model`` loads a run's model
+through it.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from gpt2_lightning.backends import PLAN_FILE, ExecutionPlan
+from gpt2_lightning.io import read_json
+from gpt2_lightning.resources import register_resolvers
+
+
+class _Path:
+    """A path inside the run directory, read as an attribute of a ``Run``."""
+
+    def __init__(self, name: str, doc: str = ""):
+        self.name, self.__doc__ = name, doc
+
+    def __get__(self, run: Run | None, owner: type) -> Path:
+        return self if run is None else run.path / self.name
+
+
+class Run:
+    """The run directory ``path`` (it need not exist yet: the training job creates its files)."""
+
+    CONFIG = Path(".hydra") / "config.yaml"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and self.path.resolve() == other.path.resolve()
+
+    def __hash__(self) -> int:
+        return hash(self.path.resolve())
+
+    @classmethod
+    def of(cls, spec: str | os.PathLike) -> Run | None:
+        """The run that ``spec`` is or lies in (a run directory, its export folder, one of its
+        checkpoints), None for anything else (plain weights, a size name, a URL)."""
+        path = Path(spec)
+        for candidate in (path, path.parent, path.parent.parent):
+            if (candidate / cls.CONFIG).is_file():
+                return cls(candidate)
+        return None
+
+    # --- the layout (paths inside the run directory) -------------------------------------
+
+    checkpoints = _Path("checkpoints")
+    last_checkpoint = _Path("checkpoints/last.ckpt", "the whole training state, to resume from")
+    export = _Path("export", "the run's own export (model.safetensors + config.json)")
+    test_split = _Path("test-split.json", "the run's test records, as it split them")
+    responses = _Path("responses.json", "the test records with the model's answers")
+    scores = _Path("eval.json", "test loss, exact match, ROUGE-L, the judge's")
+    plan = _Path(PLAN_FILE, "the execution plan the run trained by")
+    tensorboard = _Path("tensorboard")
+    loss_plot = _Path("loss.png")
+    log = _Path("train.log")
+
+    @property
+    def best_checkpoints(self) -> list[Path]:
+        """The best-by-validation checkpoints on disk (one, unless a run left more)."""
+        return sorted(self.checkpoints.glob("best-*.ckpt"))
+
+    @property
+    def delivered_checkpoint(self) -> Path | None:
+        """The checkpoint the run delivers: its best by validation, else its last; None if neither."""
+        return next((c for c in (*self.best_checkpoints, self.last_checkpoint) if c.is_file()), None)
+
+    # --- what it holds ----------------------------------------------------------------
+
+    @cached_property
+    def config(self) -> DictConfig | None:
+        """The run's composed config (``.hydra/config.yaml``), None for a folder without one."""
+        if not (self.path / self.CONFIG).is_file():
+            return None
+        register_resolvers()
+        return OmegaConf.load(self.path / self.CONFIG)
+
+    def choice(self, group: str) -> str | None:
+        """The config group's choice the run was composed with (``experiment``: ``quickstart``), if any."""
+        hydra = self.path / self.CONFIG.parent / "hydra.yaml"
+        if not hydra.is_file():
+            return None
+        return OmegaConf.load(hydra).hydra.runtime.choices.get(group)
+
+    def read_scores(self) -> dict[str, Any]:
+        """``eval.json``, or nothing where the run has none (yet)."""
+        scores = read_json(self.scores, missing={}, invalid={})
+        return scores if isinstance(scores, dict) else {}
+
+    def execution_plan(self) -> ExecutionPlan | None:
+        return ExecutionPlan.load(self.plan) if self.plan.is_file() else None
+
+    def test_records(self) -> list[dict]:
+        """The test records the run answers: the split it saved, else (runs of older versions)
+        split again from its saved data config."""
+        from gpt2_lightning.data.records import load_records
+
+        if self.test_split.is_file():
+            return load_records(self.test_split)
+        if self.config is None:
+            raise FileNotFoundError(f"{self.path} is not a run directory (no {self.test_split.name}); give --records")
+        import hydra
+
+        datamodule = hydra.utils.instantiate(self.config.data)
+        datamodule.setup()
+        return datamodule.datasets["test"].records

@@ -50,7 +50,7 @@ def test_driven_through_stdin_prompt_command_save_quit(tiny_export, tmp_path):
 
 def test_session_history_new_and_retry_with_a_seed(tiny_export):
     model, _ = load_model(tiny_export)
-    session = ChatSession(model, get_style("phi3"), SamplingParams(max_new_tokens=8, temperature=1.0, seed=5))
+    session = ChatSession(model, get_style("phi3"), SamplingParams(max_new_tokens=8, temperature=1.0, top_k=50, seed=5))
     first = "".join(session.stream("Hi"))
     again = "".join(ChatSession(model, get_style("phi3"), SamplingParams(8, 1.0, 50, None, 5)).stream("Hi"))
     assert first == again  # seeded sampling is reproducible
@@ -96,7 +96,7 @@ def test_interactive_terminal_session(tiny_export, tmp_path):
     chat = TerminalChat(tiny_export, tmp_path)
     assert b"/help for commands" in chat.read_until(b">>> ")
     chat.send("/settings\n")
-    chat.read_until(b"max_tokens=6")
+    chat.read_until(b"max_new_tokens=6")
     chat.send("/quit\n")
     assert chat.exit_code() == 0
 
@@ -119,9 +119,9 @@ def test_terminal_edits_recalls_and_takes_long_lines_and_odd_commands(tiny_expor
     history = chat.read_until(b"model: ")
     assert long_message.strip().encode() in history.replace(b"\r\n", b"").replace(b"\r", b"")
     chat.send("/settings\n")
-    chat.read_until(b"max_tokens=6")
+    chat.read_until(b"max_new_tokens=6")
     chat.send("\x1b[A\n")  # the up arrow brings /settings back
-    chat.read_until(b"max_tokens=6")
+    chat.read_until(b"max_new_tokens=6")
     chat.send(f"/save {tmp_path / 'missing' / 'chat.json'}\n")
     chat.read_until(b"error: no folder")
     assert not (tmp_path / "missing").exists()

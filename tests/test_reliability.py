@@ -207,3 +207,62 @@ def test_any_file_gives_records_or_a_data_error(tmp_path, content):
             assert str(err).startswith(f"{path}: ")
             continue
         assert records and all(r["instruction"].strip() for r in records)
+
+
+FINISHED_RUN = (*TINY_RUN, "data.batch_size=4", "trainer.max_epochs=2", "trainer.val_check_interval=1.0",
+                "test=true", "export=true", "respond=true", "plot=true", "trainer.log_every_n_steps=1",
+                "generation.max_new_tokens=2", "~callbacks.response_sample")
+# 51 training records in batches of 4: 13 steps an epoch, 26 in all.
+LAST_CHECKPOINT_SETTINGS = {
+    "by steps": ("callbacks.last_checkpoint.train_time_interval=null",
+                 "callbacks.last_checkpoint.every_n_train_steps=2"),  # the last step's save is a step's
+    "by time": (),
+    "at validations": ("callbacks.last_checkpoint.train_time_interval=null",),
+    "none": ("~callbacks.last_checkpoint",),
+}
+
+
+def files_and_times(run_dir):
+    return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("setting", list(LAST_CHECKPOINT_SETTINGS))
+def test_resuming_a_finished_run_changes_no_file_for_every_last_checkpoint_setting(tmp_path, setting):
+    overrides = (*FINISHED_RUN, *LAST_CHECKPOINT_SETTINGS[setting])
+    run(compose_train(tmp_path, *overrides))
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert {"best_checkpoint", "best_val_loss", "test_loss", "rouge_l"} <= set(scores)
+    made = files_and_times(tmp_path)
+    resume = "ckpt_path=auto" if setting == "none" else f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"
+    assert run(compose_train(tmp_path, *overrides, resume)) is None
+    assert files_and_times(tmp_path) == made
+
+
+@pytest.mark.parametrize("stage", ["test", "export", "respond"])
+def test_a_run_whose_last_stages_did_not_finish_resumes_those_alone_with_its_best_checkpoint(tmp_path, stage):
+    later = {"test": ("test", "export", "respond"), "export": ("export", "respond"), "respond": ("respond",)}[stage]
+    run(compose_train(tmp_path, *FINISHED_RUN, *(f"{s}=false" for s in later)))
+    [best] = (tmp_path / "checkpoints").glob("best-*.ckpt")
+    made = files_and_times(tmp_path)
+    run(compose_train(tmp_path, *FINISHED_RUN, f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"))
+    after = files_and_times(tmp_path)
+    changed = {p.relative_to(tmp_path).as_posix() for p in after if made.get(p) != after[p]
+               and not (stage == "test" and "tensorboard" in p.relative_to(tmp_path).parts)}  # the test loss is logged
+    expected = {"progress.json", "plan.json", "test-split.json",  # the job writes these as it starts
+                *(["export/model.safetensors", "export/config.json"] if "export" in later else []),
+                *(["responses.json", "responses.meta.json", "eval.json"] if "respond" in later else [])}
+    assert changed == expected  # no training, no stage again: last.ckpt, TensorBoard and loss.png untouched
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert scores["best_checkpoint"] == best.name and f"val{scores['best_val_loss']:.4f}" in best.name
+    assert "test_loss" in scores
+
+
+def test_a_resumed_run_that_trains_on_keeps_one_best_checkpoint(tmp_path):
+    first = (*FINISHED_RUN, "trainer.max_epochs=1", "respond=false", "test=false", "export=false")
+    run(compose_train(tmp_path, *first))
+    [before] = (tmp_path / "checkpoints").glob("best-*.ckpt")
+    run(compose_train(tmp_path, *FINISHED_RUN, "trainer.max_epochs=3",
+                      f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"))
+    [best] = (tmp_path / "checkpoints").glob("best-*.ckpt")
+    assert best != before  # the validation loss of this data keeps falling over these epochs
+    assert json.loads((tmp_path / "eval.json").read_text())["best_checkpoint"] == best.name

@@ -17,12 +17,12 @@ import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gpt2_lightning.apps.common import exit_on_user_error
+from gpt2_lightning.apps.progress import STAGES, Best, Progress
 from gpt2_lightning.backends import ExecutionPlan, training_device, training_plan
 from gpt2_lightning.backends.cpu.allocator import keep_freed_memory
 from gpt2_lightning.data.datamodule import InstructionDataModule
@@ -95,13 +95,29 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     check_trainer(cfg.trainer)
     run_dir = Run(cfg.paths.output_dir)
     ckpt_path = checkpoint_to_resume(cfg.ckpt_path, run_dir)
+    progress = Progress.read(run_dir) if ckpt_path is not None or cfg.ckpt_path == "auto" else Progress()
+    train = cfg.train
     if ckpt_path is not None:
         checkpoint = read_checkpoint(ckpt_path)  # a clear error for a missing, corrupt or foreign file, now
-        if cfg.train and training_is_complete(checkpoint, cfg.trainer):
-            log.warning("the run in %s is complete (step %d, epoch %d of trainer.max_epochs=%s): nothing to "
-                        "resume, nothing changed; to train longer, resume with a larger trainer.max_epochs",
-                        run_dir.path, checkpoint["global_step"], checkpoint["epoch"], cfg.trainer.max_epochs)
+        if cfg.train and not progress.trained and training_is_complete(checkpoint, cfg.trainer):
+            # A run of an older version, which kept no progress.json: finished as its last.ckpt says.
+            progress.trained = {"global_step": checkpoint["global_step"], "epochs": checkpoint["epoch"],
+                                "max_steps": cfg.trainer.get("max_steps", -1), "max_epochs": cfg.trainer.get("max_epochs")}
+            progress.done = [stage for stage in STAGES if cfg[stage]]
+    if train and progress.training_finished(cfg.trainer):
+        left = [stage for stage in STAGES if cfg[stage] and stage not in progress.done]
+        if not left:
+            log.warning("the run in %s is complete (step %d; trainer.max_epochs=%s, trainer.max_steps=%s): nothing "
+                        "to resume, nothing changed; to train longer, resume with a larger trainer.max_epochs",
+                        run_dir.path, progress.trained["global_step"], cfg.trainer.max_epochs, cfg.trainer.max_steps)
             return None
+        log.info("the run in %s has trained (step %d); what is left: %s", run_dir.path,
+                 progress.trained["global_step"], ", ".join(left))
+        train = False
+    if train and ckpt_path is None:  # a fresh start: nothing of an earlier run in this directory counts
+        progress = Progress()
+        if rank_zero_only.rank == 0:
+            run_dir.progress.unlink(missing_ok=True)
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     if rank_zero_only.rank == 0:  # before anything writes; the other processes start later
@@ -130,23 +146,28 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     log.info("model: %s, %.1fM parameters (%.2fM trainable%s), precision %s", cfg.model.name,
              model.num_parameters() / 1e6, trainable / 1e6, ", LoRA adapters" if adapter else "", plan.precision)
 
-    if cfg.train:
+    if train:
         try:
             trainer.fit(tuner, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SIGTERMException:  # Ctrl-C or SIGTERM: GracefulStop saved last.ckpt
             stop = next((cb for cb in callbacks if isinstance(cb, GracefulStop) and cb.signal), None)
             raise SystemExit(128 + (stop.signal if stop else signal.SIGTERM)) from None
-    best = best_checkpoint(trainer)
-    if cfg.test:  # the best weights (Lightning loads them as the strategy lays them out), else the final ones
-        trainer.test(tuner, datamodule=datamodule, ckpt_path=best.best_model_path if best else None,
-                     weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        best = best_checkpoint(trainer)
+        if trainer.is_global_zero:
+            remove_other_best_checkpoints(run_dir, best)
+            progress.finish_training(run_dir, trainer.global_step, trainer.current_epoch, cfg.trainer, best)
+    else:
+        best = progress.best(run_dir) if progress.trained else best_checkpoint(trainer)
+    if cfg.test and "test" not in progress.done:  # the best weights (as the strategy lays them out), else the last
+        trainer.test(tuner, datamodule=datamodule, ckpt_path=str(best.path) if best else None, weights_only=True)
+    metrics = {**progress.metrics, **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
+    if cfg.test and "test" not in progress.done and trainer.is_global_zero:
+        progress.finish(run_dir, "test", {k: v for k, v in metrics.items() if k.startswith("test_")})
 
     model = delivered_model(trainer, tuner, best)  # every process: gathering may be a collective
     if trainer.is_global_zero:
-        finish_run(cfg, model, plan, datamodule, run_dir, metrics, best)
-    metric = best.best_model_score if best is not None and best.monitor == cfg.optimized_metric else None
-    return float(metric) if metric is not None else metrics.get(cfg.optimized_metric)
+        finish_run(cfg, model, plan, datamodule, run_dir, metrics, best, progress)
+    return best.score if best is not None and best.monitor == cfg.optimized_metric else metrics.get(cfg.optimized_metric)
 
 
 def execution_plan(cfg: DictConfig, run_dir: Run, width: int) -> ExecutionPlan:
@@ -195,17 +216,26 @@ def checkpoint_to_resume(ckpt_path: str | None, run_dir: Run) -> str | None:
     return None
 
 
-def best_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
-    """The checkpoint callback that chose a best-by-validation checkpoint, when there is one."""
+def best_checkpoint(trainer: L.Trainer) -> Best | None:
+    """The best-by-validation checkpoint the trainer's checkpoint callback chose, when there is one."""
     callback = trainer.checkpoint_callback
     if callback is None or callback.best_model_score is None or not Path(callback.best_model_path).is_file():
         return None  # no checkpoint chosen by a metric (e.g. callbacks=none): the final weights are used
     log.info("best checkpoint: %s (%s=%.4f)", callback.best_model_path, callback.monitor,
              float(callback.best_model_score))
-    return callback
+    return Best(Path(callback.best_model_path), float(callback.best_model_score), callback.monitor)
 
 
-def delivered_model(trainer: L.Trainer, tuner: InstructionTuner, best: ModelCheckpoint | None) -> GPTModel | None:
+def remove_other_best_checkpoints(run_dir: Run, best: Best | None) -> None:
+    """Keep one best checkpoint: a resumed run's callback does not know the best files that the
+    run's first part left (each as large as the weights)."""
+    for path in run_dir.best_checkpoints:
+        if best is not None and path.resolve() != best.path.resolve():
+            path.unlink()
+            log.info("removed %s: %s is the run's best checkpoint", path.name, best.path.name)
+
+
+def delivered_model(trainer: L.Trainer, tuner: InstructionTuner, best: Best | None) -> GPTModel | None:
     """The weights the run delivers (the best checkpoint's, else the final ones), whole, on global
     rank zero; None on the other processes. Every process must call this: where the strategy
     shards the parameters (FSDP), gathering them is a collective. A LoRA run's adapters are
@@ -213,9 +243,9 @@ def delivered_model(trainer: L.Trainer, tuner: InstructionTuner, best: ModelChec
     if best is not None and tuner.hparams.adapter:
         if not trainer.is_global_zero:
             return None
-        return merge_adapters(tuner.model, read_checkpoint(best.best_model_path)["state_dict"], best.best_model_path)
+        return merge_adapters(tuner.model, read_checkpoint(best.path)["state_dict"], str(best.path))
     if best is not None:
-        return model_from_checkpoint(best.best_model_path)[0] if trainer.is_global_zero else None
+        return model_from_checkpoint(best.path)[0] if trainer.is_global_zero else None
     if not shards_parameters(trainer.strategy):
         return merge_lora(tuner.model) if trainer.is_global_zero else None
     state = trainer.strategy.lightning_module_state_dict()
@@ -223,12 +253,14 @@ def delivered_model(trainer: L.Trainer, tuner: InstructionTuner, best: ModelChec
 
 
 def finish_run(cfg: DictConfig, model: GPTModel, plan: ExecutionPlan, datamodule: InstructionDataModule,
-               run_dir: Run, metrics: dict[str, float], best: ModelCheckpoint | None) -> None:
-    """Export, answer the test split, score and plot: the run directory's deliverables."""
+               run_dir: Run, metrics: dict[str, float], best: Best | None, progress: Progress) -> None:
+    """Export, answer the test split, score and plot: the run directory's deliverables, each
+    stage not done already (``progress``)."""
     style = datamodule.prompt_style
-    if cfg.export:
+    if cfg.export and "export" not in progress.done:
         export_model(model, run_dir.export, style)
-    if cfg.respond:
+        progress.finish(run_dir, "export")
+    if cfg.respond and "respond" not in progress.done:
         settings = OmegaConf.to_container(cfg.generation, resolve=True)
         batch_size = settings.pop("batch_size")
         model = placed_for_generation(model, plan)
@@ -237,14 +269,16 @@ def finish_run(cfg: DictConfig, model: GPTModel, plan: ExecutionPlan, datamodule
         scores = {**score_responses(answered),
                   **{k: metrics[k] for k in ("test_loss", "test_ppl") if k in metrics}}
         if best is not None:
-            scores["best_checkpoint"] = Path(best.best_model_path).name
-            scores["best_val_loss"] = float(best.best_model_score)
+            scores["best_checkpoint"] = best.path.name
+            scores[f"best_{best.monitor}"] = best.score
         write_json(run_dir.scores, scores)
+        progress.finish(run_dir, "respond")
         log.info("eval: %s", scores)
-    if cfg.plot and cfg.train and run_dir.tensorboard.is_dir():
+    if cfg.plot and "plot" not in progress.done and run_dir.tensorboard.is_dir():
         scalars = read_scalars(run_dir.tensorboard)
         if "train_loss" in scalars:
             log.info("loss plot: %s", plot_losses(run_dir.path, scalars=scalars))
+            progress.finish(run_dir, "plot")
         else:
             log.warning("no loss plot: no train_loss was logged (the run trained fewer steps than "
                         "trainer.log_every_n_steps=%s)", cfg.trainer.log_every_n_steps)

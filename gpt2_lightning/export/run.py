@@ -69,6 +69,7 @@ class Run:
     tensorboard = _Path("tensorboard")
     loss_plot = _Path("loss.png")
     log = _Path("train.log")
+    progress = _Path("progress.json", "what the training job has finished (see apps/progress.py)")
 
     @property
     def best_checkpoints(self) -> list[Path]:

@@ -221,3 +221,15 @@ def test_stale_temporary_files_of_killed_writes_are_removed_at_start(tmp_path):
     mine.write_text("not ours")
     run(compose_train(tmp_path, *TINY_RUN, "trainer.max_steps=1"))
     assert [path.exists() for path in stale] == [False, False] and mine.read_text() == "not ours"
+
+
+@pytest.mark.parametrize("given", ["export file", "export folder"])
+def test_given_weights_are_the_runs_start_even_with_pretrained_false(tmp_path, tiny_export, given):
+    # model=tiny has model.pretrained=false; the weights given must be used, never silently replaced.
+    from gpt2_lightning.export.folder import load_export
+
+    weights = tiny_export / "model.safetensors" if given == "export file" else tiny_export
+    run(compose_train(tmp_path, *TINY_RUN, f"model.weights={weights}", "train=false", "export=true"))
+    delivered, given_model = load_export(tmp_path / "export")[0], load_export(tiny_export)[0]
+    for name, tensor in given_model.state_dict().items():
+        assert torch.equal(delivered.state_dict()[name], tensor), name

@@ -55,9 +55,10 @@ log = logging.getLogger(__name__)
 
 def build_model(model_cfg: DictConfig, cache_dir: str | None, resuming: bool,
                 adapter: dict | None = None) -> tuple[GPTModel, dict | None]:
-    """The GPT-2 to fine-tune, and for LoRA the identity of its base weights: OpenAI's weights
-    when ``pretrained`` (unless a checkpoint will overwrite them anyway; LoRA checkpoints do
-    not hold them), else random initialisation of the configured shape."""
+    """The GPT-2 to fine-tune, and for LoRA the identity of its base weights: ``weights`` when
+    given, else OpenAI's weights of the size when ``pretrained`` (unless a checkpoint will
+    overwrite them anyway; LoRA checkpoints do not hold them), else random initialisation of
+    the configured shape. Given weights are never ignored."""
     overrides = OmegaConf.to_container(model_cfg.config, resolve=True) if model_cfg.config else {}
     spec = model_cfg.weights or model_cfg.name
     if adapter:
@@ -65,7 +66,7 @@ def build_model(model_cfg: DictConfig, cache_dir: str | None, resuming: bool,
             raise ConfigError("adapter=lora adapts pretrained weights: set model.pretrained=true or model.weights=...")
         base = base_identity(spec, cache_dir)
         return load_pretrained(base["path"], **overrides), base
-    if model_cfg.pretrained and not resuming:
+    if (model_cfg.pretrained or model_cfg.weights) and not resuming:
         return load_pretrained(spec, cache_dir=cache_dir, **overrides), None
     return GPTModel(GPTConfig.from_spec(model_cfg.name, overrides)), None
 

@@ -190,23 +190,28 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def heads_from_hf_config(weights: Path) -> int | None:
-    """``n_head`` from a Hugging Face ``config.json`` lying beside the weights, if any."""
+    """``n_head`` from a ``config.json`` lying beside the weights (Hugging Face's, or the project's export), if any."""
     config = read_json(weights.with_name("config.json"), missing=None, invalid=None)
-    try:
-        return int(config["n_head"])
+    try:  # Hugging Face's key, else the project's export config
+        return int(config["n_head"] if "n_head" in config else config["model"]["n_heads"])
     except (ValueError, KeyError, TypeError):
         return None
 
 
 def load_pretrained(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                     sha256: str | None = None, progress: bool = True, **config_overrides) -> GPTModel:
-    """A ``GPTModel`` holding GPT-2 weights given by size name, URL, file or folder.
+    """A ``GPTModel`` holding GPT-2 weights given by size name, URL, file or folder: OpenAI's
+    or Hugging Face's layout, or this project's own export (``export/model.safetensors``).
 
     The shape is read off the weights; ``config_overrides`` set the rest (``drop_rate``)
     or what the weights cannot tell (``n_heads`` of a non-standard width).
     """
     path = resolve_weights(name_or_path, cache_dir, sha256=sha256, progress=progress)
-    state_dict = convert_hf_state_dict(read_safetensors(path))
+    tensors = read_safetensors(path)
+    if "tok_emb.weight" in tensors:  # already GPTModel's names: the project's own export (a tied head stored once)
+        state_dict = {"out_head.weight": tensors["tok_emb.weight"], **tensors}
+    else:
+        state_dict = convert_hf_state_dict(tensors)
     if "n_heads" not in config_overrides and (heads := heads_from_hf_config(path)):
         config_overrides["n_heads"] = heads
     return model_with_weights(infer_config(state_dict, **config_overrides), state_dict, str(path))

@@ -1,6 +1,7 @@
 import json
 import os
 import pty
+import select
 import signal
 import subprocess
 import sys
@@ -65,6 +66,7 @@ class TerminalChat:
     def __init__(self, export, home):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a terminal gives it, even where pytest runs with it ignored
             os.environ["GPT2_LIGHTNING_CACHE"] = str(home)  # the input history goes there
             os.execv(sys.executable, [sys.executable, "-m", "gpt2_lightning", "chat", str(export),
                                       "--temperature", "0", "--max-new-tokens", "6"])
@@ -73,6 +75,8 @@ class TerminalChat:
     def read_until(self, marker: bytes, timeout: float = 90) -> bytes:
         deadline = time.time() + timeout
         while marker not in self.output and time.time() < deadline:
+            if not select.select([self.fd], [], [], max(0.0, deadline - time.time()))[0]:
+                break  # nothing more within the timeout
             try:
                 self.output += os.read(self.fd, 65536)
             except OSError:  # the program ended
@@ -132,7 +136,8 @@ def test_terminal_edits_recalls_and_takes_long_lines_and_odd_commands(tiny_expor
 
 def test_ctrl_c_while_the_model_loads_leaves_quietly(tiny_export, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "gpt2_lightning", "chat", str(tiny_export), "--prompt", "Hi"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(1.0)  # importing torch and loading the model take longer than this
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)

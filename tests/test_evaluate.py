@@ -89,6 +89,18 @@ def test_eval_command_keeps_training_metrics_and_adds_judge(tmp_path, capsys):
     assert "mean score: 70" in capsys.readouterr().out
 
 
+def test_eval_of_a_run_directory_scores_its_responses_into_its_eval_json(tmp_path, capsys):
+    (tmp_path / "responses.json").write_text(json.dumps([RECORD]))
+    main(["eval", str(tmp_path)])
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] == 1
+    capsys.readouterr()
+    (tmp_path / "unanswered").mkdir()  # a run that has no answers yet
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tmp_path / "unanswered")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'unanswered' / 'responses.json'}: no such file"
+
+
 def test_eval_keeps_a_judge_score_only_for_the_responses_it_judged(tmp_path):
     responses = tmp_path / "responses.json"
     responses.write_text(json.dumps([RECORD]))

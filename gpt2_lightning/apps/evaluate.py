@@ -10,12 +10,14 @@ from pathlib import Path
 from gpt2_lightning.errors import DataError
 from gpt2_lightning.evaluate.judge import Judge
 from gpt2_lightning.evaluate.scores import read_responses, score_responses
+from gpt2_lightning.export.run import Run
 from gpt2_lightning.fetch import sha256_of
 from gpt2_lightning.io import read_json, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("responses", type=Path, help="responses.json (records with model_response)")
+    parser.add_argument("responses", type=Path, help="responses.json (records with model_response), or a run "
+                        "directory (its responses.json)")
     parser.add_argument("--out", type=Path, help="where to write the scores (default: eval.json beside it)")
     parser.add_argument("--judge-url", help="an LLM judge: Ollama (http://localhost:11434) or an "
                         "OpenAI-compatible server (.../v1)")
@@ -25,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.responses.is_dir():
+        args.responses = Run(args.responses).responses
     records = read_responses(args.responses)
     responses_sha256 = sha256_of(args.responses)
     out = args.out or args.responses.with_name("eval.json")

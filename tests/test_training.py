@@ -233,3 +233,19 @@ def test_given_weights_are_the_runs_start_even_with_pretrained_false(tmp_path, t
     delivered, given_model = load_export(tmp_path / "export")[0], load_export(tiny_export)[0]
     for name, tensor in given_model.state_dict().items():
         assert torch.equal(delivered.state_dict()[name], tensor), name
+
+
+def test_a_run_directory_or_its_checkpoint_as_model_weights_starts_from_its_weights(tmp_path):
+    from gpt2_lightning.export.folder import load_export
+    from gpt2_lightning.train.checkpoints import model_from_checkpoint
+
+    first = tmp_path / "first"
+    run(compose_train(first, *TINY_RUN, "trainer.max_steps=2", "export=true"))
+    last = first / "checkpoints" / "last.ckpt"
+    for name, weights, expected in (("from-run", first, load_export(first / "export")[0]),
+                                    ("from-ckpt", last, model_from_checkpoint(last)[0])):
+        again = tmp_path / name
+        run(compose_train(again, *TINY_RUN, f"model.weights={weights}", "train=false", "export=true"))
+        delivered = load_export(again / "export")[0]
+        for key, tensor in expected.state_dict().items():
+            assert torch.equal(delivered.state_dict()[key], tensor), (name, key)

@@ -31,6 +31,7 @@ from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.evaluate.plot import plot_losses, read_scalars
 from gpt2_lightning.evaluate.scores import score_responses
 from gpt2_lightning.export.folder import export_model
+from gpt2_lightning.export.load import load_model
 from gpt2_lightning.export.run import Run
 from gpt2_lightning.generation.placement import placed_for_generation
 from gpt2_lightning.generation.respond import respond
@@ -38,7 +39,7 @@ from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.io import remove_stale_temp_files, write_json
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 from gpt2_lightning.model.lora import LoRAConfig, merge_lora
-from gpt2_lightning.model.pretrained import base_identity, load_pretrained
+from gpt2_lightning.model.pretrained import base_identity, load_pretrained, model_with_weights
 from gpt2_lightning.resources import config_dir, register_resolvers
 from gpt2_lightning.train.callbacks import GracefulStop
 from gpt2_lightning.train.checkpoints import (
@@ -66,9 +67,23 @@ def build_model(model_cfg: DictConfig, cache_dir: str | None, resuming: bool,
             raise ConfigError("adapter=lora adapts pretrained weights: set model.pretrained=true or model.weights=...")
         base = base_identity(spec, cache_dir)
         return load_pretrained(base["path"], **overrides), base
-    if (model_cfg.pretrained or model_cfg.weights) and not resuming:
+    if model_cfg.weights and not resuming:
+        return given_weights(model_cfg.weights, cache_dir, overrides), None
+    if model_cfg.pretrained and not resuming:
         return load_pretrained(spec, cache_dir=cache_dir, **overrides), None
     return GPTModel(GPTConfig.from_spec(model_cfg.name, overrides)), None
+
+
+def given_weights(spec: str, cache_dir: str | None, overrides: dict) -> GPTModel:
+    """The model of ``model.weights``: anything ``load_model`` takes (a run directory, its
+    export, a ``.ckpt``, a Hugging Face folder) or GPT-2 weights (a file, a URL, a size name),
+    with ``model.config``'s settings (a shape that differs from the weights' is an error naming
+    the tensor)."""
+    path = Path(spec)
+    if not (path.is_dir() or path.suffix == ".ckpt"):
+        return load_pretrained(spec, cache_dir=cache_dir, **overrides)
+    model, _ = load_model(path)
+    return model_with_weights(GPTConfig(**{**model.cfg.to_dict(), **overrides}), model.state_dict(), spec)
 
 
 def adapter_settings(adapter_cfg: DictConfig | None) -> dict | None:

@@ -303,5 +303,6 @@ def split_records(records: Sequence[Record], fractions: Sequence[float] = (0.85,
                                  ("test", test, fractions[2])):
         if fraction > 0 and not part:
             raise DataError(f"the {name} split is empty: {n} records x {fraction} rounds to 0; "
-                            f"use more records or a larger fraction")
+                            f"use more records or a larger fraction (data.split=[train, val, test], now "
+                            f"{list(fractions)})")
     return train, val, test

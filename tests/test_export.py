@@ -290,6 +290,27 @@ def test_hf_export_of_a_run_carries_a_model_card_with_its_settings_and_scores(tm
     assert format_prompt({"instruction": "Name three primary colors."}) in card
 
 
+def test_a_lora_runs_model_card_says_lora_is_titled_by_the_run_and_lists_the_precision_that_ran(tmp_path, tiny_base):
+    from omegaconf import OmegaConf
+
+    from gpt2_lightning.apps.train import run
+    from gpt2_lightning.backends import ExecutionPlan
+    from tests.conftest import TINY_RUN, compose_train
+
+    cfg = compose_train(tmp_path / "run", *TINY_RUN, "adapter=lora", "adapter.r=4", "model.pretrained=true",
+                        f"model.weights={tiny_base}", "trainer.max_steps=1", "~callbacks.response_sample")
+    run(cfg)
+    (tmp_path / "run" / ".hydra").mkdir()  # what Hydra writes beside a run of train.py
+    OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
+    export_to(tmp_path / "run", "hf", tmp_path / "hf")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "# tiny\n" in card and "# hf\n" not in card
+    assert "tags: [gpt2, instruction-tuning, gpt2-lightning, lora]" in card
+    assert "LoRA: low-rank adapters (r=4, alpha=16, on qkv, out_proj, fc, proj)" in card
+    ran = ExecutionPlan.load(tmp_path / "run").precision
+    assert f"| precision | {ran} |" in card and "| precision | auto |" not in card
+
+
 def readme_snippets(section: str) -> list[str]:
     readme = (REPO_ROOT / "README.md").read_text()
     text = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from gpt2_lightning.backends import ExecutionPlan
 from gpt2_lightning.data.prompts import PromptStyle
 from gpt2_lightning.export.run import Run
 from gpt2_lightning.model.gpt import GPTModel
@@ -31,6 +32,10 @@ class RunSummary:
 
     config: DictConfig = field(default_factory=lambda: OmegaConf.create({}))
     scores: dict[str, Any] = field(default_factory=dict)
+    plan: ExecutionPlan | None = None
+    """How it trained (the precision ``auto`` chose)."""
+    name: str | None = None
+    """The run's name (its experiment and model)."""
 
     def get(self, key: str) -> Any:
         """The resolved setting ``key`` (dotted), or None where it is missing or only the
@@ -42,7 +47,7 @@ class RunSummary:
 def read_run_summary(spec: str | os.PathLike) -> RunSummary:
     """The settings and scores of the run ``spec`` belongs to; empty for plain weights."""
     run = Run.of(spec)
-    return RunSummary() if run is None else RunSummary(run.config, run.read_scores())
+    return RunSummary() if run is None else RunSummary(run.config, run.read_scores(), run.execution_plan(), run.name)
 
 
 def base_model(summary: RunSummary) -> str | None:
@@ -57,22 +62,31 @@ def model_card(model: GPTModel, style: PromptStyle, summary: RunSummary, name: s
     cfg = model.cfg
     base = base_model(summary)
     params = sum(p.numel() for p in model.parameters()) / 1e6
+    adapter = summary.get("adapter") or {}
+    lora = adapter.get("name") == "lora"
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
-             "tags: [gpt2, instruction-tuning, gpt2-lightning]"]
+             f"tags: [gpt2, instruction-tuning, gpt2-lightning{', lora' if lora else ''}]"]
     lines += [f"base_model: {base}"] if base else []
-    lines += ["---", "", f"# {name}", "",
+    lines += ["---", "", f"# {summary.name or name}", "",
               f"A GPT-2 ({cfg.n_layers} layers, width {cfg.emb_dim}, {cfg.n_heads} heads, context "
               f"{cfg.context_length} tokens, {params:.1f}M parameters) fine-tuned to follow instructions "
               f"with gpt2-lightning.", ""]
     lines += ["## Base model", "",
               f"[{base}](https://huggingface.co/{base})" if base else
               "Trained from random initialisation or from weights given by path (no public base).", ""]
+    if lora:
+        lines += ["## Fine-tuning method", "",
+                  f"LoRA: low-rank adapters (r={adapter.get('r')}, alpha={adapter.get('alpha')}, on "
+                  f"{', '.join(adapter.get('targets', []))}) trained on the frozen base, then merged into "
+                  f"these weights (`W + B A alpha / r`).", ""]
     data = summary.get("data.path") or summary.get("data.url")
     if data:
         split = summary.get("data.split")
         lines += ["## Data", "", f"Instruction records from `{data}`"
                   + (f", split train / validation / test as {split}." if split else "."), ""]
-    rows = [(label, summary.get(key)) for label, key in HYPERPARAMETERS if summary.get(key) is not None]
+    ran = {"trainer.precision": summary.plan.precision} if summary.plan and summary.plan.precision else {}
+    rows = [(label, ran.get(key, summary.get(key))) for label, key in HYPERPARAMETERS
+            if ran.get(key, summary.get(key)) is not None]
     if rows:
         lines += ["## Training", "", "| setting | value |", "|---|---|"]
         lines += [f"| {label} | {value} |" for label, value in rows] + [""]

@@ -91,6 +91,13 @@ class Run:
         register_resolvers()
         return OmegaConf.load(self.path / self.CONFIG)
 
+    @property
+    def name(self) -> str:
+        """What the run is, in a few words: its experiment and model (``quickstart-mini``), else
+        its folder's name."""
+        model = self.config.model.get("name") if self.config is not None and "model" in self.config else None
+        return "-".join(part for part in (self.choice("experiment"), model) if part) or self.path.name
+
     def choice(self, group: str) -> str | None:
         """The config group's choice the run was composed with (``experiment``: ``quickstart``), if any."""
         hydra = self.path / self.CONFIG.parent / "hydra.yaml"

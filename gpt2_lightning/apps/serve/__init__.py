@@ -46,7 +46,7 @@ def served_name(spec: str) -> str:
         return spec
     run = Run.of(path)
     if run is not None:
-        return "-".join(part for part in (run.choice("experiment"), run.config.model.name) if part)
+        return run.name
     return (path.stem if path.suffix else path.name) or "gpt2-lightning"
 
 

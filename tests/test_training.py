@@ -249,3 +249,15 @@ def test_a_run_directory_or_its_checkpoint_as_model_weights_starts_from_its_weig
         delivered = load_export(again / "export")[0]
         for key, tensor in expected.state_dict().items():
             assert torch.equal(delivered.state_dict()[key], tensor), (name, key)
+
+
+def test_a_run_stopped_by_max_steps_is_validated_at_its_last_step_and_its_best_chosen_over_it(tmp_path):
+    # 51 training records, batch 8: validations every 3 steps (at 3 and 6) of a 7-step run.
+    run(compose_train(tmp_path, *TINY_RUN, "trainer.max_steps=7", "trainer.val_check_interval=3",
+                      "optimizer.lr=0.002", "~callbacks.response_sample"))
+    validated = read_scalars(tmp_path / "tensorboard")["val_loss"]
+    assert len(validated) == 3 and validated[-1][0] > validated[-2][0]
+    [best] = (tmp_path / "checkpoints").glob("best-*.ckpt")
+    lowest = min(validated, key=lambda point: point[1])
+    assert f"val{lowest[1]:.4f}" in best.name
+    assert "step00007" in best.name  # this data's val loss falls at this lr: the last step is the best

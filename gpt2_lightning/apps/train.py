@@ -168,6 +168,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
         except SIGTERMException:  # Ctrl-C or SIGTERM: GracefulStop saved last.ckpt
             stop = next((cb for cb in callbacks if isinstance(cb, GracefulStop) and cb.signal), None)
             raise SystemExit(128 + (stop.signal if stop else signal.SIGTERM)) from None
+        validate_the_last_step(trainer, tuner, datamodule)
         best = best_checkpoint(trainer)
         if trainer.is_global_zero:
             remove_other_best_checkpoints(run_dir, best)
@@ -230,6 +231,28 @@ def checkpoint_to_resume(ckpt_path: str | None, run_dir: Run) -> str | None:
         return str(last)
     log.info("ckpt_path=auto: no %s yet, starting fresh", last)
     return None
+
+
+def validate_the_last_step(trainer: L.Trainer, tuner: InstructionTuner, datamodule: InstructionDataModule) -> None:
+    """A run that stopped between two validations (``trainer.max_steps``) is validated at its
+    last step, and that step's weights become the best checkpoint where they score better: the
+    best is chosen over the whole run, never from before its last steps."""
+    if (tuner.last_validated_step in (None, trainer.global_step) or trainer.limit_val_batches == 0
+            or not len(datamodule.datasets["val"])):
+        return  # validated at the last step already, or never configured to validate
+    trainer.validate(tuner, datamodule=datamodule, verbose=False)
+    callback = trainer.checkpoint_callback
+    score = trainer.callback_metrics.get(callback.monitor) if callback is not None and callback.monitor else None
+    if score is None:
+        return
+    best = callback.best_model_score
+    if best is None or (score < best if callback.mode == "min" else score > best):
+        path = callback.format_checkpoint_name({"epoch": trainer.current_epoch, "step": trainer.global_step,
+                                                callback.monitor: score})
+        trainer.save_checkpoint(path, weights_only=callback.save_weights_only)
+        callback.best_model_path, callback.best_model_score = path, score
+        log.info("validated the last step (%d): %s=%.4f, the best so far", trainer.global_step, callback.monitor,
+                 float(score))
 
 
 def best_checkpoint(trainer: L.Trainer) -> Best | None:

@@ -76,6 +76,7 @@ class InstructionTuner(L.LightningModule):
         self._step_started = 0.0
         self._scored_in_step = torch.zeros(())
         self._rng_state_to_restore: torch.Tensor | None = None
+        self.last_validated_step: int | None = None
 
     @property
     def config(self) -> GPTConfig:
@@ -141,6 +142,8 @@ class InstructionTuner(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_token_mean(self.val_loss, "val", prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.last_validated_step = self.global_step
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.test_loss.update(*self._loss(batch))
@@ -189,6 +192,7 @@ class InstructionTuner(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["scored_tokens_seen"] = self.scored_tokens_seen
+        checkpoint["last_validated_step"] = self.last_validated_step
         # Dropout draws from torch's generator: a resumed run goes on with the same masks.
         checkpoint["torch_rng_state"] = torch.get_rng_state()
         if self.hparams.adapter:
@@ -199,6 +203,7 @@ class InstructionTuner(L.LightningModule):
         self._rng_state_to_restore = checkpoint.get("torch_rng_state")
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.scored_tokens_seen = checkpoint.get("scored_tokens_seen", 0)
+        self.last_validated_step = checkpoint.get("last_validated_step")
 
 
 def check_same_adaptation(saved: dict[str, Any], current: dict[str, Any]) -> None:

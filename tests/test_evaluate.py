@@ -124,3 +124,17 @@ def test_a_corrupt_eval_json_is_one_clear_line(tmp_path, capsys):
         main(["eval", str(responses)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'eval.json'}: not a JSON file")
+
+
+def test_the_loss_plots_token_axis_starts_at_step_0_and_its_labels_stay_apart():
+    from gpt2_lightning.evaluate.plot import loss_figure
+
+    scalars = {"train_loss": [(s, 5.0 - s / 10) for s in range(20)],
+               "tokens_seen": [(s, 7_000 * (s + 1)) for s in range(20)]}
+    figure = loss_figure(scalars)
+    [top] = figure.axes[0].child_axes
+    figure.axes[0].set_xlim(0, 25)  # beyond the logged steps: the token axis goes on in a straight line
+    figure.canvas.draw()
+    assert top.get_xlim() == pytest.approx((0, 175_000))
+    labels = [t.get_text() for t in top.xaxis.get_ticklabels() if t.get_text()]
+    assert labels and all(len(label) <= 5 for label in labels), labels  # "120k", not "120000140000"

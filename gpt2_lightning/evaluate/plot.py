@@ -10,7 +10,7 @@ import numpy as np
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import EngFormatter, MaxNLocator  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from gpt2_lightning.export.run import Run  # noqa: E402
@@ -28,15 +28,8 @@ def read_scalars(tensorboard_dir: str | os.PathLike) -> dict[str, list[tuple[int
     return {tag: sorted(points.items()) for tag, points in series.items()}
 
 
-def plot_losses(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
-                scalars: dict[str, list[tuple[int, float]]] | None = None) -> Path:
-    """Draw the losses of a run directory (its ``tensorboard/`` events, or ``scalars`` already
-    read from them) into ``loss.png``."""
-    run = Run(run_dir)
-    scalars = scalars if scalars is not None else read_scalars(run.tensorboard)
-    if "train_loss" not in scalars:
-        raise FileNotFoundError(f"{run.tensorboard}: no train_loss scalars to plot")
-    out = Path(out) if out is not None else run.loss_plot
+def loss_figure(scalars: dict[str, list[tuple[int, float]]]) -> plt.Figure:
+    """Train and val loss against steps; tokens seen on a second x axis on top."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     for tag, label, style in (("train_loss", "Training loss", "-"), ("val_loss", "Validation loss", "-.")):
         if tag in scalars:
@@ -47,12 +40,38 @@ def plot_losses(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     ax.set_ylabel("Loss")
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
-    if "tokens_seen" in scalars:  # tokens seen at each step, as a second x axis on top
-        steps, tokens = zip(*scalars["tokens_seen"])
-        top = ax.secondary_xaxis(
-            "top", functions=(lambda s: np.interp(s, steps, tokens), lambda t: np.interp(t, tokens, steps)))
+    if "tokens_seen" in scalars:
+        # Tokens seen before each step: none before step 0, a step's own once it is done.
+        logged_steps, logged_tokens = zip(*scalars["tokens_seen"])
+        steps = np.asarray([0.0, *(s + 1.0 for s in logged_steps)])
+        tokens = np.asarray([0.0, *logged_tokens], dtype=float)
+        top = ax.secondary_xaxis("top", functions=(lambda s: linear(s, steps, tokens), lambda t: linear(t, tokens, steps)))
+        top.xaxis.set_major_formatter(EngFormatter(sep=""))  # 120k, 1.5M: labels that do not run together
+        top.xaxis.set_major_locator(MaxNLocator(nbins=6))
         top.set_xlabel("Tokens seen")
     fig.tight_layout()
+    return fig
+
+
+def linear(x, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """``np.interp`` that goes on in a straight line beyond the points (where ``np.interp``
+    holds the end values: step 0 would sit left of its tokens), at the mean rate of the points."""
+    x = np.asarray(x, dtype=float)
+    rate = (fp[-1] - fp[0]) / (xp[-1] - xp[0]) if len(xp) > 1 and xp[-1] != xp[0] else 1.0
+    inside = np.interp(x, xp, fp)
+    return np.where(x < xp[0], fp[0] + (x - xp[0]) * rate, np.where(x > xp[-1], fp[-1] + (x - xp[-1]) * rate, inside))
+
+
+def plot_losses(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+                scalars: dict[str, list[tuple[int, float]]] | None = None) -> Path:
+    """Draw the losses of a run directory (its ``tensorboard/`` events, or ``scalars`` already
+    read from them) into ``loss.png``."""
+    run = Run(run_dir)
+    scalars = scalars if scalars is not None else read_scalars(run.tensorboard)
+    if "train_loss" not in scalars:
+        raise FileNotFoundError(f"{run.tensorboard}: no train_loss scalars to plot")
+    out = Path(out) if out is not None else run.loss_plot
+    fig = loss_figure(scalars)
     with atomic_write(out, binary=True) as f:
         fig.savefig(f, format="png")
     plt.close(fig)

@@ -13,9 +13,9 @@ TINY = ["model=tiny", "data=sample", "trainer=cpu", "trainer.max_steps=2", "resp
 BAD_DATA = [
     ("", "the file is empty, it holds no records"),
     ('[{"instruction": "a", "output": "b"},\n  {"instruction": 3, "output": "b"}]',
-     "record 1: field 'instruction' must be a string, got a JSON number"),
-    ('[{"instruction": "a"}]', "record 0: missing field 'output' (the record's fields: instruction)"),
-    ('[{"instruction": "", "output": "b"}]', "record 0: field 'instruction' is empty"),
+     "record 2: field 'instruction' must be a string, got a JSON number"),
+    ('[{"instruction": "a"}]', "record 1: missing field 'output' (the record's fields: instruction)"),
+    ('[{"instruction": "", "output": "b"}]', "record 1: field 'instruction' is empty"),
     ('[{"instruction": "a", "output": "b"}', "invalid JSON at line 1, column 37: Expecting ',' delimiter"),
     ('{"records": []}', "expected a JSON array of records (or a .jsonl file), got a JSON object"),
 ]

@@ -41,16 +41,16 @@ def test_messages_and_sharegpt_files_read_as_the_same_conversations(tmp_path, js
 
 
 @pytest.mark.parametrize("turns, message", [
-    ([{"role": "user"}], "record 0, turn 0: missing field 'content'"),
-    ([{"role": "robot", "content": "x"}], "record 0, turn 0: field 'role' is 'robot'; use one of system, user, assistant"),
+    ([{"role": "user"}], "record 1, turn 1: missing field 'content'"),
+    ([{"role": "robot", "content": "x"}], "record 1, turn 1: field 'role' is 'robot'; use one of system, user, assistant"),
     ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
-     "record 0, turn 1: a user turn must follow the answer to the previous one (field 'role')"),
-    ([{"role": "assistant", "content": "a"}], "record 0, turn 0: an assistant turn must follow a user turn (field 'role')"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}], "record 0, turn 1: field 'content' is empty"),
-    ([], "record 0: the conversation is empty"),
-    ([{"role": "user", "content": "a"}], "record 0: the conversation must end with an assistant turn"),
+     "record 1, turn 2: a user turn must follow the answer to the previous one (field 'role')"),
+    ([{"role": "assistant", "content": "a"}], "record 1, turn 1: an assistant turn must follow a user turn (field 'role')"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}], "record 1, turn 2: field 'content' is empty"),
+    ([], "record 1: the conversation is empty"),
+    ([{"role": "user", "content": "a"}], "record 1: the conversation must end with an assistant turn"),
     ([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "b"}],
-     "record 0, turn 1: a system message must come before the conversation's turns"),
+     "record 1, turn 2: a system message must come before the conversation's turns"),
 ])
 def test_bad_conversations_name_the_file_record_turn_and_field(tmp_path, turns, message):
     path = write(tmp_path / "bad.json", [{"messages": turns}])
@@ -61,7 +61,7 @@ def test_bad_conversations_name_the_file_record_turn_and_field(tmp_path, turns, 
 
 def test_sharegpt_errors_name_its_own_fields(tmp_path):
     path = write(tmp_path / "bad.json", [{"conversations": [{"from": "human", "value": "a"}, {"from": "bot", "value": "b"}]}])
-    with pytest.raises(DataError, match=r"record 0, turn 1: field 'from' is 'bot'; use one of system, human, user, gpt"):
+    with pytest.raises(DataError, match=r"record 1, turn 2: field 'from' is 'bot'; use one of system, human, user, gpt"):
         load_records(path)
 
 
@@ -163,7 +163,7 @@ def test_csv_parquet_and_saved_dataset_folders_read_with_the_field_mapping(tmp_p
     assert load_records(tmp_path / "saved", fields, hf_split="test") == expected[1:]
     with pytest.raises(DataError, match=r"saved: no split 'dev'; it has train, test \(data.hf_split\)"):
         load_records(tmp_path / "saved", fields, hf_split="dev")
-    with pytest.raises(DataError, match=r"record 0: missing field 'instruction'; its fields suggest "
+    with pytest.raises(DataError, match=r"record 1: missing field 'instruction'; its fields suggest "
                                         r"data.fields.instruction=prompt data.fields.output=completion"):
         load_records(tmp_path / "data.csv")
 

@@ -35,14 +35,14 @@ def test_configurable_field_names(tmp_path):
     ("[]", "holds no records"),
     ('[{"instruction": "a", "output": "b"},\n {"instruction": }]', "invalid JSON at line 2, column 18"),
     ('{"instruction": "a", "output": "b"}', "expected a JSON array of records .* got a JSON object"),
-    ([{"instruction": "a", "output": "b"}, "text"], "record 1: expected an object .* got a JSON string"),
-    ([{"output": "b"}], "record 0: missing field 'instruction'"),
-    ([{"instruction": "a", "output": "b"}, {"instruction": "a"}], "record 1: missing field 'output'"),
-    ([{"instruction": 5, "output": "b"}], "record 0: field 'instruction' must be a string, got a JSON number"),
+    ([{"instruction": "a", "output": "b"}, "text"], "record 2: expected an object .* got a JSON string"),
+    ([{"output": "b"}], "record 1: missing field 'instruction'"),
+    ([{"instruction": "a", "output": "b"}, {"instruction": "a"}], "record 2: missing field 'output'"),
+    ([{"instruction": 5, "output": "b"}], "record 1: field 'instruction' must be a string, got a JSON number"),
     ([{"instruction": "a", "input": ["x"], "output": "b"}],
-     "record 0: field 'input' must be a string, got a JSON array"),
-    ([{"instruction": "  \n", "output": "b"}], "record 0: field 'instruction' is empty"),
-    ([{"instruction": "a", "response": ""}], "record 0: field 'response' is empty"),
+     "record 1: field 'input' must be a string, got a JSON array"),
+    ([{"instruction": "  \n", "output": "b"}], "record 1: field 'instruction' is empty"),
+    ([{"instruction": "a", "response": ""}], "record 1: field 'response' is empty"),
 ])
 def test_malformed_files_name_file_record_and_field(tmp_path, content, message):
     path = write(tmp_path, content)
@@ -97,7 +97,7 @@ def test_records_in_another_shape_get_the_fields_to_set(tmp_path):
     path.write_text('{"prompt": "Name a color.", "completion": "Red."}\n')
     with pytest.raises(DataError) as err:
         load_records(path)
-    assert str(err.value) == (f"{path}: record 0: missing field 'instruction'; its fields suggest "
+    assert str(err.value) == (f"{path}: record 1: missing field 'instruction'; its fields suggest "
                               "data.fields.instruction=prompt data.fields.output=completion")
     assert load_records(path, FieldNames(instruction="prompt", output="completion"))[0]["output"] == "Red."
 

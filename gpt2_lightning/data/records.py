@@ -77,8 +77,8 @@ def validate_all(raw: list, path: Path | str, fields: FieldNames, fmt: str) -> l
     if fmt == "auto":
         fmt = record_format(raw[0])
     if fmt == "alpaca":
-        return [validate_record(item, path, index, fields) for index, item in enumerate(raw)]
-    return [validate_conversation(item, path, index, fmt) for index, item in enumerate(raw)]
+        return [validate_record(item, path, number, fields) for number, item in enumerate(raw, start=1)]
+    return [validate_conversation(item, path, number, fmt) for number, item in enumerate(raw, start=1)]
 
 
 def check_hub_reachable(spec: str, timeout: float = 5.0) -> None:
@@ -146,10 +146,10 @@ def record_format(item) -> str:
     return "alpaca"
 
 
-def validate_conversation(item, path: Path | str, index: int, fmt: str) -> Record:
+def validate_conversation(item, path: Path | str, number: int, fmt: str) -> Record:
     """A ``messages`` or ``sharegpt`` record as ``{"messages": [...], **other fields}``, or a
     ``DataError`` naming the file, the record, the turn and the field."""
-    where = f"{path}: record {index}"
+    where = f"{path}: record {number}"
     key, role_key, content_key = ("messages", "role", "content") if fmt == "messages" else \
         ("conversations", "from", "value")
     if not isinstance(item, dict) or key not in item:
@@ -159,8 +159,8 @@ def validate_conversation(item, path: Path | str, index: int, fmt: str) -> Recor
     if not isinstance(turns, list):
         raise DataError(f"{where}: field '{key}' must be a list of turns, got a JSON {_json_type(turns)}")
     messages = []
-    for number, turn in enumerate(turns):
-        at = f"{where}, turn {number}"
+    for turn_number, turn in enumerate(turns, start=1):
+        at = f"{where}, turn {turn_number}"
         if not isinstance(turn, dict):
             raise DataError(f"{at}: expected an object with '{role_key}' and '{content_key}', "
                             f"got a JSON {_json_type(turn)}")
@@ -185,13 +185,13 @@ def check_messages(messages: Sequence[dict], where: str, role_key: str = "role",
     if not messages:
         raise DataError(f"{where}: the conversation is empty")
     expected = "user"
-    for number, message in enumerate(messages):
-        at = f"{where}, turn {number}"
+    for index, message in enumerate(messages):
+        at = f"{where}, turn {index + 1}"  # counted from 1, as records are
         role = message["role"]
         if not message["content"].strip():
             raise DataError(f"{at}: field '{content_key}' is empty")
         if role == "system":
-            if number and messages[number - 1]["role"] != "system":
+            if index and messages[index - 1]["role"] != "system":
                 raise DataError(f"{at}: a system message must come before the conversation's turns")
             continue
         if role != expected:
@@ -236,9 +236,10 @@ def _json_type(value) -> str:
     return names.get(type(value), "number")
 
 
-def validate_record(item, path: Path | str, index: int, fields: FieldNames = FieldNames()) -> Record:
-    """``item`` as a canonical record, or a ``DataError`` naming file, index and field."""
-    where = f"{path}: record {index}"
+def validate_record(item, path: Path | str, number: int, fields: FieldNames = FieldNames()) -> Record:
+    """``item`` as a canonical record, or a ``DataError`` naming file, record (``number``,
+    counted from 1 as editors count lines) and field."""
+    where = f"{path}: record {number}"
     if not isinstance(item, dict):
         raise DataError(f"{where}: expected an object with '{fields.instruction}' and "
                         f"'{fields.output}', got a JSON {_json_type(item)}")

@@ -134,6 +134,24 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_exit_cleanly(tmp_path, signum,
     assert step > 3 and f"interrupted at step {step}; saved" in (tmp_path / "train.log").read_text()
 
 
+@pytest.mark.slow
+def test_ctrl_c_after_the_console_pipe_closed_still_saves_the_checkpoint(tmp_path):
+    # As with `python train.py ... | tee log`: the same Ctrl-C ends tee first, then the run prints
+    # (its progress bar, the warning that it stops) into a pipe nobody reads.
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), *RESUMABLE, "trainer.max_epochs=50",
+                                "callbacks.progress_bar.refresh_rate=1", f"hydra.run.dir={tmp_path}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(tmp_path, 3, process)
+    process.stdout.close()  # the reader is gone
+    process.stdout = None
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]
+    step, _ = final_weights(tmp_path)
+    assert step > 3 and f"interrupted at step {step}; saved" in (tmp_path / "train.log").read_text()
+
+
 def test_nan_loss_stops_training_naming_the_step(tmp_path):
     cfg = compose_train(tmp_path, *TINY_RUN, "trainer.max_steps=20", "optimizer.lr=1e30",
                         "trainer.val_check_interval=1.0")

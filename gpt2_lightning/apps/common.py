@@ -1,13 +1,16 @@
-"""What the verbs of the `gpt2` command share: user errors as one line with exit code 2."""
+"""What the verbs of the `gpt2` command share: user errors as one line with exit code 2; a console
+that may close under them."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import sys
 from collections.abc import Iterator
+from typing import IO
 
 from gpt2_lightning.errors import Gpt2LightningError
 
@@ -61,3 +64,59 @@ def _to_log_files(level: int, message: str, err: BaseException | None = None) ->
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+class OutputThatMayClose(io.TextIOBase):
+    """A console stream that writes nowhere once its reader has gone (the other end of a pipe
+    closed: ``| tee`` ended by the same Ctrl-C, ``| head``) instead of raising ``BrokenPipeError``
+    into the step that happened to print: the run goes on, or stops as asked, and keeps its
+    checkpoint."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self._write_nowhere()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._write_nowhere()
+
+    def _write_nowhere(self) -> None:
+        # The descriptor too, so that what is still buffered, and the flush at exit, go nowhere quietly.
+        self.reader_gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def survive_a_closed_console() -> None:
+    """``sys.stdout`` and ``sys.stderr``, and the log handlers that write to them, as
+    ``OutputThatMayClose``."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, OutputThatMayClose):
+            continue
+        safe = OutputThatMayClose(stream)
+        setattr(sys, name, safe)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
+                handler.setStream(safe)

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gpt2_lightning.apps.common import exit_on_user_error
+from gpt2_lightning.apps.common import exit_on_user_error, survive_a_closed_console
 from gpt2_lightning.apps.progress import STAGES, Best, Progress
 from gpt2_lightning.backends import ExecutionPlan, training_device, training_plan
 from gpt2_lightning.backends.cpu.allocator import keep_freed_memory
@@ -375,6 +375,7 @@ def override_key(override: str) -> str:
 
 
 def _job(cfg: DictConfig) -> float | None:
+    survive_a_closed_console()
     one_log()
     with exit_on_user_error():
         return run(cfg)

@@ -14,6 +14,7 @@ from gpt2_lightning.generation.placement import placed_for_generation
 from gpt2_lightning.generation.respond import answer_batch
 from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.model.tokenizer import decode
+from tests.http_server import Faults, FileServer
 
 
 def chat(*args, stdin=""):
@@ -66,7 +67,7 @@ class TerminalChat:
     def __init__(self, export, home):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a terminal gives it, even where pytest runs with it ignored
+            default_sigint()
             os.environ["GPT2_LIGHTNING_CACHE"] = str(home)  # the input history goes there
             os.execv(sys.executable, [sys.executable, "-m", "gpt2_lightning", "chat", str(export),
                                       "--temperature", "0", "--max-new-tokens", "6"])
@@ -134,14 +135,43 @@ def test_terminal_edits_recalls_and_takes_long_lines_and_odd_commands(tiny_expor
     assert "/settings" in (tmp_path / "chat_history").read_text()
 
 
+def default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a terminal gives it, even where pytest runs with it ignored
+
+
 def test_ctrl_c_while_the_model_loads_leaves_quietly(tiny_export, tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "gpt2_lightning", "chat", str(tiny_export), "--prompt", "Hi"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(1.0)  # importing torch and loading the model take longer than this
+    # The weights come from a server that serves them slowly: the child is loading for as long as
+    # the download runs, and its request says when it has begun.
+    faults = Faults(seconds_per_mib=30.0)
+    with FileServer({"/model.safetensors": (tiny_export / "model.safetensors").read_bytes()}, faults) as server:
+        process = subprocess.Popen([sys.executable, "-m", "gpt2_lightning", "chat", f"{server.url}/model.safetensors",
+                                    "--prompt", "Hi"], env={**os.environ, "GPT2_LIGHTNING_CACHE": str(tmp_path)},
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+        deadline = time.time() + 120
+        while not faults.requests and time.time() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        assert faults.requests, process.communicate()[1][-2000:]
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+
+
+def test_ctrl_c_during_a_one_shot_answer_exits_130(tmp_path):
+    import torch
+
+    from gpt2_lightning.export.folder import export_model
+    from gpt2_lightning.model.gpt import GPTConfig, GPTModel
+
+    torch.manual_seed(0)  # wide enough that 1000 tokens take seconds
+    export = export_model(GPTModel(GPTConfig(context_length=1024, emb_dim=128, n_layers=4, n_heads=4)),
+                          tmp_path / "export", "alpaca")
+    process = subprocess.Popen([sys.executable, "-m", "gpt2_lightning", "chat", str(export), "--prompt", "Hi",
+                                "--max-new-tokens", "1000", "--temperature", "1", "--seed", "1", "--dtype", "float32"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
+    assert select.select([process.stdout], [], [], 120)[0] and process.stdout.read(1)  # the answer is streaming
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert process.returncode == 130 and b"Traceback" not in stderr, stderr[-2000:]
 
 
 def test_a_system_message_opens_every_prompt_in_the_styles_format(tiny_export):

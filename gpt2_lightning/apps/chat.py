@@ -206,14 +206,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     model, style = model_for_generation(args)
     session = ChatSession(model, style, sampling_params(args), system=args.system)
-    if args.prompt is not None:
-        message = sys.stdin.read() if args.prompt == "-" else args.prompt
-        for piece in session.stream(message.strip()):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        return 0
-    if sys.stdin.isatty():
-        print(f"gpt2 chat: {args.model} ({model.num_parameters() / 1e6:.0f}M parameters, "
-              f"{session.style.name} prompts). /help for commands, /quit to leave.")
-    return run_repl(session, sys.stdin, sys.stdout)
+    try:
+        if args.prompt is not None:
+            message = sys.stdin.read() if args.prompt == "-" else args.prompt
+            for piece in session.stream(message.strip()):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return 0
+        if sys.stdin.isatty():
+            print(f"gpt2 chat: {args.model} ({model.num_parameters() / 1e6:.0f}M parameters, "
+                  f"{session.style.name} prompts). /help for commands, /quit to leave.")
+        return run_repl(session, sys.stdin, sys.stdout)
+    finally:  # also on Ctrl-C (exit 130): the engine's thread must not be mid-step when the process exits
+        session.engine.close()

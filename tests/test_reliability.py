@@ -96,6 +96,9 @@ def test_resuming_from_last_ckpt_alone_continues_the_same_run(tmp_path):
     assert scores["best_checkpoint"] == best.name and f"val{min(validations):.4f}" in best.name
     assert (run_dir / "loss.png").is_file()
     assert "Traceback" not in resumed.stderr
+    # Lightning's words for another kind of run: this one resumes its batches and owns that folder.
+    said = resumed.stdout + resumed.stderr
+    assert "not resumable" not in said and "exists and is not empty" not in said
 
 
 @pytest.mark.slow

@@ -114,6 +114,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     progress = Progress.read(run_dir) if ckpt_path is not None or cfg.ckpt_path == "auto" else Progress()
     train = cfg.train
     if ckpt_path is not None:
+        for message in _RESUME_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
         checkpoint = read_checkpoint(ckpt_path)  # a clear error for a missing, corrupt or foreign file, now
         if cfg.train and not progress.trained and training_is_complete(checkpoint, cfg.trainer):
             # A run of an older version, which kept no progress.json: finished as its last.ckpt says.
@@ -384,7 +386,12 @@ def _job(cfg: DictConfig) -> float | None:
 # Lightning's messages that say nothing about this run.
 _NOISE = ("💡 Tip:",)
 _HARMLESS_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",  # inside Lightning, torch >= 2.9
-                      r"Precision .* is not supported by the model summary.*")
+                      r"Precision .* is not supported by the model summary.*",
+                      # The batch sampler resumes mid-epoch itself (data/sampler.py), which Lightning cannot see.
+                      r"You're resuming from a checkpoint that ended before the epoch ended and your dataloader is"
+                      r" not resumable.*")
+# Said on every resume, where the run's own checkpoints are expected in that folder.
+_RESUME_WARNINGS = (r"Checkpoint directory .* exists and is not empty.*",)
 
 
 def one_log() -> None:

@@ -115,6 +115,14 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_a_finished_run_resumed_with_more_epochs_trains_them(tmp_path):
+    # 51 training records, batch 4: 13 steps an epoch; last.ckpt is saved as training ends.
+    run(compose_train(tmp_path, *TINY_RUN, "data.batch_size=4", "trainer.max_epochs=1"))
+    run(compose_train(tmp_path, *TINY_RUN, "data.batch_size=4", "trainer.max_epochs=2",
+                      f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"))
+    assert final_weights(tmp_path)[0] == 26  # the second epoch whole, not skipped as already done
+
+
 def test_ckpt_path_auto_resumes_the_run_directorys_last_checkpoint_or_starts_fresh(tmp_path):
     from tests.test_training import Recorder
 

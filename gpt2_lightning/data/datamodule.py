@@ -153,9 +153,13 @@ class InstructionDataModule(L.LightningDataModule):
         if trainer is None:
             return {}
         # "processed", not "completed": a checkpoint saved from on_train_batch_end already
-        # holds the step of the batch that is not yet counted as completed.
+        # holds the step of the batch that is not yet counted as completed. Between epochs (a
+        # checkpoint saved at the end of training) the count is the finished epoch's, and the
+        # epoch to go on with is the next one, from its first batch.
+        epochs = trainer.fit_loop.epoch_progress.current
+        in_an_epoch = epochs.started > epochs.completed
         return {"epoch": trainer.current_epoch,
-                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed if in_an_epoch else 0}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if "epoch" in state_dict:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from gpt2_lightning.backends import ExecutionPlan, generation_plan
 from gpt2_lightning.data.prompts import PromptStyle, get_style
-from gpt2_lightning.data.records import check_messages
+from gpt2_lightning.data.records import chat_prompt
 from gpt2_lightning.errors import DataError
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.engine import BatchEngine
@@ -92,12 +92,10 @@ class ChatModel:
     def _render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
             return self.style.prompt({"instruction": prompt, "input": ""})
-        conversation = [dict(message) for message in prompt]
         try:
-            check_messages(conversation, "messages", answered=False)
+            return chat_prompt(prompt, self.style)
         except DataError as err:
             raise ValueError(str(err)) from None
-        return self.style.render(conversation)
 
     def _batch_engine(self) -> BatchEngine:
         if self._engine is None:

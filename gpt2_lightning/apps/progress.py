@@ -77,6 +77,7 @@ class Progress:
         self.save(run)
 
     def finish(self, run: Run, stage: str, metrics: dict[str, float] | None = None) -> None:
-        self.done = [*self.done, stage] if stage not in self.done else self.done
+        if stage not in self.done:
+            self.done.append(stage)
         self.metrics.update(metrics or {})
         self.save(run)

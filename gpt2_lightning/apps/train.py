@@ -177,10 +177,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
             progress.finish_training(run_dir, trainer.global_step, trainer.current_epoch, cfg.trainer, best)
     else:
         best = progress.best(run_dir) if progress.trained else best_checkpoint(trainer)
-    if cfg.test and "test" not in progress.done:  # the best weights (as the strategy lays them out), else the last
+    test = cfg.test and "test" not in progress.done
+    if test:  # the best weights (as the strategy lays them out), else the last
         trainer.test(tuner, datamodule=datamodule, ckpt_path=str(best.path) if best else None, weights_only=True)
     metrics = {**progress.metrics, **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
-    if cfg.test and "test" not in progress.done and trainer.is_global_zero:
+    if test and trainer.is_global_zero:
         progress.finish(run_dir, "test", {k: v for k, v in metrics.items() if k.startswith("test_")})
 
     model = delivered_model(trainer, tuner, best)  # every process: gathering may be a collective
@@ -270,8 +271,10 @@ def best_checkpoint(trainer: L.Trainer) -> Best | None:
 def remove_other_best_checkpoints(run_dir: Run, best: Best | None) -> None:
     """Keep one best checkpoint: a resumed run's callback does not know the best files that the
     run's first part left (each as large as the weights)."""
+    if best is None:
+        return
     for path in run_dir.best_checkpoints:
-        if best is not None and path.resolve() != best.path.resolve():
+        if path.resolve() != best.path.resolve():
             path.unlink()
             log.info("removed %s: %s is the run's best checkpoint", path.name, best.path.name)
 

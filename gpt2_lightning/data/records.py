@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +175,16 @@ def validate_conversation(item, path: Path | str, number: int, fmt: str) -> Reco
         messages.append({"role": roles[turn[role_key]], "content": turn[content_key]})
     check_messages(messages, where, role_key, content_key)
     return {"messages": messages, **{k: v for k, v in item.items() if k != key}}
+
+
+def chat_prompt(messages: Sequence[Mapping[str, str]], style) -> str:
+    """The prompt text of a conversation that ends with the user's turn (a chat request) in
+    ``style``: developer messages count as system ones, tool messages are left out; a
+    ``DataError`` names the turn that does not fit."""
+    conversation = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+                    for m in messages if m["role"] in ("system", "developer", "user", "assistant")]
+    check_messages(conversation, "messages", answered=False)
+    return style.render(conversation)
 
 
 def check_messages(messages: Sequence[dict], where: str, role_key: str = "role", content_key: str = "content",

@@ -12,7 +12,7 @@ from fastapi import Request
 from gpt2_lightning.apps.serve.metrics import Metrics
 from gpt2_lightning.apps.serve.schemas import APIError, ChatRequest, Message, SamplingRequest
 from gpt2_lightning.data.prompts import PromptStyle
-from gpt2_lightning.data.records import check_messages
+from gpt2_lightning.data.records import chat_prompt
 from gpt2_lightning.errors import DataError
 from gpt2_lightning.generation.engine import BatchEngine, Generation, QueueFull
 from gpt2_lightning.generation.stream import GenerationFailed, TextStream, generation_for
@@ -49,13 +49,10 @@ class ServedModel:
 
     def chat_prompt(self, messages: list[Message]) -> str:
         """The prompt of a chat request: its conversation in the model's prompt style."""
-        conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
-                        for m in messages if m.role in ("system", "developer", "user", "assistant")]
         try:
-            check_messages(conversation, "messages", answered=False)
+            return chat_prompt([m.model_dump() for m in messages], self.style)
         except DataError as err:
             raise APIError(400, str(err), "messages") from None
-        return self.style.render(conversation)
 
     def answer(self, prompt: str, request: SamplingRequest, chat: bool) -> Answer:
         """``request``'s answer, queued in the engine; a 429 when the queue is full."""

@@ -33,6 +33,11 @@ def sample_data() -> Path:
     return _shipped("sample_data/sample.json", "data/sample.json")
 
 
+def sample_preference_data() -> Path:
+    """The same 60 instructions, each with its answer (chosen) and an impolite one (rejected): DPO offline."""
+    return _shipped("sample_data/sample-preference.json", "data/sample-preference.json")
+
+
 def cache_dir() -> Path:
     """``$GPT2_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/gpt2-lightning``, else ``~/.cache/gpt2-lightning``."""
     if os.environ.get(CACHE_VARIABLE):
@@ -41,7 +46,7 @@ def cache_dir() -> Path:
     return Path(xdg) / "gpt2-lightning"
 
 
-_LOCATIONS = {"cache_dir": cache_dir, "sample_data": sample_data}
+_LOCATIONS = {"cache_dir": cache_dir, "sample_data": sample_data, "sample_preference_data": sample_preference_data}
 
 
 def _resolve(name: str) -> str:
@@ -51,5 +56,6 @@ def _resolve(name: str) -> str:
 
 
 def register_resolvers() -> None:
-    """``${gpt2:cache_dir}`` and ``${gpt2:sample_data}`` in configs (``conf/paths``)."""
+    """``${gpt2:cache_dir}``, ``${gpt2:sample_data}`` and ``${gpt2:sample_preference_data}`` in
+    configs (``conf/paths``)."""
     OmegaConf.register_new_resolver("gpt2", _resolve, replace=True)

@@ -25,13 +25,14 @@ from gpt2_lightning.apps.common import exit_on_user_error, survive_a_closed_cons
 from gpt2_lightning.apps.progress import STAGES, Best, Progress
 from gpt2_lightning.backends import ExecutionPlan, training_device, training_plan
 from gpt2_lightning.backends.cpu.allocator import keep_freed_memory
-from gpt2_lightning.data.datamodule import InstructionDataModule
+from gpt2_lightning.data.datamodule import InstructionDataModule, PreferenceDataModule
+from gpt2_lightning.data.prompts import DEFAULT_STYLE
 from gpt2_lightning.devices import check_trainer
 from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.evaluate.plot import plot_losses, read_scalars
 from gpt2_lightning.evaluate.scores import score_responses
 from gpt2_lightning.export.folder import export_model
-from gpt2_lightning.export.load import load_model
+from gpt2_lightning.export.load import load_model, prompt_style_of, weights_source
 from gpt2_lightning.export.run import Run
 from gpt2_lightning.generation.placement import placed_for_generation
 from gpt2_lightning.generation.respond import respond
@@ -49,6 +50,7 @@ from gpt2_lightning.train.checkpoints import (
     read_checkpoint,
 )
 from gpt2_lightning.train.module import InstructionTuner
+from gpt2_lightning.train.preference_tuner import PreferenceTuner
 from gpt2_lightning.train.strategies import shards_parameters
 
 log = logging.getLogger(__name__)
@@ -57,9 +59,9 @@ log = logging.getLogger(__name__)
 def build_model(model_cfg: DictConfig, cache_dir: str | None, resuming: bool,
                 adapter: dict | None = None) -> tuple[GPTModel, dict | None]:
     """The GPT-2 to fine-tune, and for LoRA the identity of its base weights: ``weights`` when
-    given, else OpenAI's weights of the size when ``pretrained`` (unless a checkpoint will
-    overwrite them anyway; LoRA checkpoints do not hold them), else random initialisation of
-    the configured shape. Given weights are never ignored."""
+    given (whose shape a resumed run's checkpoint has too), else OpenAI's weights of the size when
+    ``pretrained`` (unless a checkpoint will overwrite them anyway; LoRA checkpoints do not hold
+    them), else random initialisation of the configured shape. Given weights are never ignored."""
     overrides = OmegaConf.to_container(model_cfg.config, resolve=True) if model_cfg.config else {}
     spec = model_cfg.weights or model_cfg.name
     if adapter:
@@ -67,7 +69,7 @@ def build_model(model_cfg: DictConfig, cache_dir: str | None, resuming: bool,
             raise ConfigError("adapter=lora adapts pretrained weights: set model.pretrained=true or model.weights=...")
         base = base_identity(spec, cache_dir)
         return load_pretrained(base["path"], **overrides), base
-    if model_cfg.weights and not resuming:
+    if model_cfg.weights:  # loaded when resuming too: the shape is the weights'
         return given_weights(model_cfg.weights, cache_dir, overrides), None
     if model_cfg.pretrained and not resuming:
         return load_pretrained(spec, cache_dir=cache_dir, **overrides), None
@@ -79,11 +81,29 @@ def given_weights(spec: str, cache_dir: str | None, overrides: dict) -> GPTModel
     export, a ``.ckpt``, a Hugging Face folder) or GPT-2 weights (a file, a URL, a size name),
     with ``model.config``'s settings (a shape that differs from the weights' is an error naming
     the tensor)."""
-    path = Path(spec)
-    if not (path.is_dir() or path.suffix == ".ckpt"):
+    if weights_source(spec)[0] == "weights":
         return load_pretrained(spec, cache_dir=cache_dir, **overrides)
-    model, _ = load_model(path)
+    model, _ = load_model(spec)
     return model_with_weights(GPTConfig(**{**model.cfg.to_dict(), **overrides}), model.state_dict(), spec)
+
+
+def data_prompt_style(cfg: DictConfig) -> str:
+    """``data.prompt_style``; when null, the style of the model the run starts from (``model.weights``:
+    a run or its export keeps on being prompted as it was trained), else ``DEFAULT_STYLE``."""
+    if cfg.data.get("prompt_style"):
+        return cfg.data.prompt_style
+    return prompt_style_of(cfg.model.weights) if cfg.model.get("weights") else DEFAULT_STYLE
+
+
+def check_objective(cfg: DictConfig, datamodule: InstructionDataModule) -> None:
+    """Preference tuning (``dpo``) trains on preference data, and only it does."""
+    preferences = isinstance(datamodule, PreferenceDataModule)
+    if cfg.get("dpo") and not preferences:
+        raise ConfigError("dpo tunes on preferences: use data=preference (records with chosen and rejected answers), "
+                          "or experiment=dpo")
+    if preferences and not cfg.get("dpo"):
+        raise ConfigError("data=preference pairs each record's chosen and rejected answers for dpo (experiment=dpo); "
+                          "to fine-tune on the chosen answers, give the file to data=alpaca")
 
 
 def adapter_settings(adapter_cfg: DictConfig | None) -> dict | None:
@@ -142,7 +162,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
         for stale in remove_stale_temp_files(run_dir.path):
             log.info("removed %s, left by a write that was killed", stale)
 
-    datamodule: InstructionDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule: InstructionDataModule = hydra.utils.instantiate(cfg.data, prompt_style=data_prompt_style(cfg))
+    check_objective(cfg, datamodule)
     datamodule.prepare_data()  # bad data fails here, before a model is built or downloaded
     datamodule.setup()
     if rank_zero_only.rank == 0:  # what `gpt2 respond RUN` answers, wherever the data lives by then
@@ -152,16 +173,20 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     if datamodule.max_length is None:
         datamodule.max_length = model.cfg.context_length
     plan = execution_plan(cfg, run_dir, model.cfg.emb_dim)
-    tuner = InstructionTuner(model.cfg.to_dict(), prompt_style=datamodule.prompt_style,
-                             compile=cfg.model.compile, adapter=adapter, base=base, model=model, plan=plan,
-                             **OmegaConf.to_container(cfg.optimizer, resolve=True))
+    tuner_class, objective = InstructionTuner, {}
+    if cfg.get("dpo"):
+        tuner_class = PreferenceTuner
+        objective = {**OmegaConf.to_container(cfg.dpo, resolve=True), "reference_file": str(run_dir.reference_logprobs)}
+    tuner = tuner_class(model.cfg.to_dict(), prompt_style=datamodule.prompt_style,
+                        compile=cfg.model.compile, adapter=adapter, base=base, model=model, plan=plan,
+                        **OmegaConf.to_container(cfg.optimizer, resolve=True), **objective)
     callbacks = [*instantiate_list(cfg.get("callbacks")), *extra_callbacks]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, precision=plan.precision,
                                                  logger=instantiate_list(cfg.get("logger")) or False)
     if adapter and shards_parameters(trainer.strategy):
         raise ConfigError("adapter=lora trains on one process or with DDP; FSDP would shard the frozen base for nothing")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("model: %s, %.1fM parameters (%.2fM trainable%s), precision %s", cfg.model.name,
+    log.info("model: %s, %.1fM parameters (%.2fM trainable%s), precision %s", cfg.model.weights or cfg.model.name,
              model.num_parameters() / 1e6, trainable / 1e6, ", LoRA adapters" if adapter else "", plan.precision)
 
     if train:

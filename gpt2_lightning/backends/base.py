@@ -1,8 +1,9 @@
 """A backend: where a device substitutes faster kernels for the reference math.
 
-The model and the loss compute the reference math (SDPA, ``F.cross_entropy``) and take one
-hook each: the model an attention function (``GPTModel.use_attention``), the loss a
-``head_loss`` (``masked_lm_loss(..., head_loss=...)``). A backend decides, per device, the
+The model and the losses compute the reference math (SDPA, ``F.cross_entropy``) and take
+hooks: the model an attention function (``GPTModel.use_attention``), the SFT loss a
+``head_loss`` (``masked_lm_loss(..., head_loss=...)``), the sequence log-probabilities of
+preference tuning a ``token_losses`` (``sequence_logprobs(..., token_losses=...)``). A backend decides, per device, the
 plan's choices (``plan_training`` / ``plan_generation``), swaps the model's linear layers
 where the plan says (``prepare``), and hands out the hooks' kernels (``kernels``). A new
 device (MPS, XPU) is one new module beside ``cpu/`` and ``cuda.py``.
@@ -26,6 +27,8 @@ class Kernels:
     """``(q, k, v, mask, is_causal, dropout_p) -> out``, as ``F.scaled_dot_product_attention``."""
     head_loss: Callable | None = None
     """``(head, hidden [N, C], targets [N], count) -> summed cross-entropy / count``."""
+    token_losses: Callable | None = None
+    """``(head, hidden [N, C], targets [N]) -> cross-entropy of each row [N]``."""
 
 
 class Backend:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import urllib.parse
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from gpt2_lightning.data.dataset import InstructionCollator, InstructionDataset
+from gpt2_lightning.data.preference import PreferenceCollator, PreferenceDataset, same_answers
 from gpt2_lightning.data.prompts import DEFAULT_STYLE, get_style
 from gpt2_lightning.data.records import HUB_PREFIX, FieldNames, load_records, split_records
 from gpt2_lightning.data.sampler import LengthGroupedBatchSampler
@@ -22,6 +24,8 @@ from gpt2_lightning.errors import ConfigError, DataError
 from gpt2_lightning.fetch import download
 from gpt2_lightning.io import atomic_write
 from gpt2_lightning.resources import cache_dir
+
+log = logging.getLogger(__name__)
 
 TOKENS_VERSION = 1  # the layout of cached token files; bump it when that changes
 
@@ -123,14 +127,14 @@ class InstructionDataModule(L.LightningDataModule):
         source = self.path if self.path is not None and self.path.startswith(HUB_PREFIX) else self.data_file()
         if isinstance(source, Path) and not source.exists():
             raise DataError(f"{source}: no such file (give data.path an existing file of records)")
-        records = load_records(source, self.fields, self.format, self.hf_split, self.hf_subset)
+        records = self._load(source)
         splits = split_records(records, self.split, self.shuffle_before_split, self.seed)
         cache = self._token_cache(records) if self.token_cache_dir else None
         cached = _read_tokens(cache) if cache is not None and cache.is_file() else None
         self.datasets = {}
         for name, part in zip(("train", "val", "test"), splits):
             tokens = tuple(cached[f"{name}_{k}"] for k in ("ids", "scored", "offsets")) if cached else None
-            self.datasets[name] = InstructionDataset(part, self.style, self.mask_prompt, self.train_on, tokens)
+            self.datasets[name] = self._dataset(part, tokens)
         if cache is not None and cached is None:
             buffer = io.BytesIO()
             np.savez(buffer, **{f"{name}_{k}": getattr(d, k) for name, d in self.datasets.items()
@@ -138,12 +142,18 @@ class InstructionDataModule(L.LightningDataModule):
             with atomic_write(cache, binary=True) as f:
                 f.write(buffer.getvalue())
 
+    def _load(self, source: Path | str) -> list:
+        return load_records(source, self.fields, self.format, self.hf_split, self.hf_subset)
+
+    def _dataset(self, records: list, tokens: tuple | None) -> InstructionDataset:
+        return InstructionDataset(records, self.style, self.mask_prompt, self.train_on, tokens)
+
     def _token_cache(self, records: list) -> Path:
         """Where the tokenised splits of these records under these settings are kept."""
         content = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
         settings = json.dumps([content, repr(self.style), self.format, asdict(self.fields),
                                self.mask_prompt, self.train_on, list(self.split), self.shuffle_before_split,
-                               self.seed, TOKENS_VERSION])
+                               self.seed, TOKENS_VERSION, type(self).__name__])
         return Path(self.token_cache_dir) / f"{hashlib.sha256(settings.encode()).hexdigest()[:32]}.npz"
 
     def state_dict(self) -> dict[str, int]:
@@ -165,8 +175,15 @@ class InstructionDataModule(L.LightningDataModule):
         if "epoch" in state_dict:
             self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
 
+    def dataset(self, name: str) -> InstructionDataset:
+        """The split ``name`` (``train``, ``val``, ``test``) as its loader serves it."""
+        return self.datasets[name]
+
+    def collator(self) -> InstructionCollator:
+        return InstructionCollator(self.max_length)
+
     def _loader(self, name: str, train: bool) -> DataLoader:
-        dataset = self.datasets[name]
+        dataset = self.dataset(name)
         trainer = getattr(self, "trainer", None)
         sampler = LengthGroupedBatchSampler(
             dataset.lengths, self.batch_size if train else (self.eval_batch_size or self.batch_size),
@@ -177,7 +194,7 @@ class InstructionDataModule(L.LightningDataModule):
         if train:  # Lightning may build this loader more than once (e.g. to count steps)
             sampler.resume_at = self._resume_at
         return DataLoader(dataset, batch_sampler=sampler,
-                          collate_fn=InstructionCollator(self.max_length),
+                          collate_fn=self.collator(),
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
@@ -189,3 +206,38 @@ class InstructionDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+
+@dataclass
+class PreferenceDataModule(InstructionDataModule):
+    """Preference data (records with a ``chosen`` and a ``rejected`` answer) for DPO, read,
+    split and cached as instruction data is; each batch holds both answers of each record
+    (``PreferenceCollator``). ``mask_prompt`` and ``train_on`` do not apply: exactly the
+    answer and its end-of-text are scored."""
+
+    def _load(self, source: Path | str) -> list:
+        records = load_records(source, self.fields, "preference" if self.format == "auto" else self.format,
+                               self.hf_split, self.hf_subset)
+        if "chosen" not in records[0]:
+            raise DataError(f"{source}: holds no preferences (records with '{self.fields.chosen}' and "
+                            f"'{self.fields.rejected}' answers); data.format={self.format}")
+        if same := same_answers(records):
+            shown = ", ".join(map(str, same[:10])) + (", ..." if len(same) > 10 else "")
+            log.warning("%s: %d records (%s) have the same chosen and rejected answer; they add nothing to the loss",
+                        source, len(same), shown)
+        return records
+
+    def _dataset(self, records: list, tokens: tuple | None) -> PreferenceDataset:
+        return PreferenceDataset(records, self.style, tokens)
+
+    def dataset(self, name: str) -> PreferenceDataset:
+        """The split ``name``, its pairs fitted to ``max_length`` (said once in the log)."""
+        dataset = self.datasets[name]
+        cut, skipped = dataset.fit(self.max_length)
+        if cut or skipped:
+            log.info("preference data, %s split: %d prompts cut from the left to fit %d tokens; %d records left out "
+                     "(an answer alone longer than that)", name, cut, self.max_length, skipped)
+        return dataset
+
+    def collator(self) -> PreferenceCollator:
+        return PreferenceCollator(self.max_length)

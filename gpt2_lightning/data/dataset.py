@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from gpt2_lightning.data.prompts import DEFAULT_STYLE, PromptStyle, get_style
-from gpt2_lightning.data.records import Record
+from gpt2_lightning.data.records import Record, answered
 from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.model.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 
@@ -23,7 +23,8 @@ def example_pieces(record: Record, style: PromptStyle, mask_prompt: bool = False
     """The text of one training example in pieces, each with whether its tokens are scored.
     An Alpaca record is its prompt (scored unless ``mask_prompt``) and its response; a
     conversation is scored on its answers and their turn ends (``train_on="assistant"``) or
-    on everything (``"all"``)."""
+    on everything (``"all"``). A preference trains on its chosen answer."""
+    record = answered(record)
     if "messages" not in record:
         return [(style.prompt(record), not mask_prompt), (style.response(record), True)]
     # Neighbours of the same side are tokenised together, as a prompt is when the model answers it.
@@ -34,6 +35,27 @@ def example_pieces(record: Record, style: PromptStyle, mask_prompt: bool = False
         else:
             merged.append((text, own))
     return [(text, own or train_on == "all") for text, own in merged]
+
+
+def tokenise(examples: Sequence[Sequence[tuple[str, bool]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Examples given as text pieces (each with whether its tokens are scored), each closed by a
+    scored ``<|endoftext|>``, as one flat array of ``uint16`` token ids, one of ``bool`` (scored)
+    and the examples' ``int64`` offsets into them. Each piece is tokenised on its own."""
+    texts = [text for example in examples for text, _ in example]
+    encoded = iter(get_tokenizer().encode_batch(texts, allowed_special={EOT_TOKEN}))
+    ids, scored, lengths = [], [], []
+    for example in examples:
+        length = 0
+        for _, trained in example:
+            piece = next(encoded)
+            ids.append(np.asarray(piece, dtype=np.uint16))
+            scored.append(np.full(len(piece), trained))
+            length += len(piece)
+        ids.append(np.array([EOT_ID], dtype=np.uint16))
+        scored.append(np.array([True]))
+        lengths.append(length + 1)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return np.concatenate(ids), np.concatenate(scored), offsets
 
 
 class InstructionDataset(Dataset):
@@ -48,26 +70,8 @@ class InstructionDataset(Dataset):
         self.records = list(records)
         self.style = get_style(style)
         self.ids, self.scored, self.offsets = tokens if tokens is not None else \
-            self._tokenise(mask_prompt, train_on)
+            tokenise([example_pieces(r, self.style, mask_prompt, train_on) for r in self.records])
         self.lengths = np.diff(self.offsets).tolist()
-
-    def _tokenise(self, mask_prompt: bool, train_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pieces = [example_pieces(r, self.style, mask_prompt, train_on) for r in self.records]
-        texts = [text for example in pieces for text, _ in example]
-        encoded = iter(get_tokenizer().encode_batch(texts, allowed_special={EOT_TOKEN}))
-        ids, scored, lengths = [], [], []
-        for example in pieces:
-            length = 0
-            for _, trained in example:
-                piece = next(encoded)
-                ids.append(np.asarray(piece, dtype=np.uint16))
-                scored.append(np.full(len(piece), trained))
-                length += len(piece)
-            ids.append(np.array([EOT_ID], dtype=np.uint16))
-            scored.append(np.array([True]))
-            lengths.append(length + 1)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        return np.concatenate(ids), np.concatenate(scored), offsets
 
     def __len__(self) -> int:
         return len(self.records)

@@ -6,6 +6,10 @@ assistant, ``content``) or ShareGPT ``conversations`` (``from`` system / human /
 ``value``). Alpaca records come out with the canonical fields ``instruction``, ``input``
 (possibly empty) and ``output``; conversations as ``messages`` in the OpenAI form. Any other
 fields of the file are kept as they were.
+
+A file whose first record has a ``chosen`` and a ``rejected`` answer holds preferences
+(``gpt2_lightning.data.preference``): an Alpaca record or a conversation up to the user's
+last turn, and the two answers to it.
 """
 
 from __future__ import annotations
@@ -33,9 +37,13 @@ class FieldNames:
     output: str = "output"
     output_aliases: tuple[str, ...] = ("response",)
     """Accepted in place of ``output`` when that key is absent."""
+    chosen: str = "chosen"
+    """Preference data: the preferred answer."""
+    rejected: str = "rejected"
+    """Preference data: the answer not preferred."""
 
 
-FORMATS = ("auto", "alpaca", "messages", "sharegpt")
+FORMATS = ("auto", "alpaca", "messages", "sharegpt", "preference")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 HUB_PREFIX = "hf://"
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
@@ -49,9 +57,15 @@ def load_records(path: str | os.PathLike, fields: FieldNames = FieldNames(), fmt
     Hugging Face hub (its ``hf_split``, and ``hf_subset`` where it has several)."""
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    raw, source = read_raw(path, hf_split, hf_subset)
+    return validate_all(raw, source, fields, fmt)
+
+
+def read_raw(path: str | os.PathLike, hf_split: str = "train", hf_subset: str | None = None) -> tuple[list, Path | str]:
+    """The unvalidated items of a file of records (see ``load_records``), and the name to give in errors."""
     spec = os.fspath(path)
     if spec.startswith(HUB_PREFIX) or Path(spec).suffix.lower() in TABLE_SUFFIXES or Path(spec).is_dir():
-        return validate_all(read_with_datasets(spec, hf_split, hf_subset), spec, fields, fmt)
+        return read_with_datasets(spec, hf_split, hf_subset), spec
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl", ""):  # before reading: a binary file is not text
@@ -67,15 +81,18 @@ def load_records(path: str | os.PathLike, fields: FieldNames = FieldNames(), fmt
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
     if not text.strip():
         raise DataError(f"{path}: the file is empty, it holds no records")
-    raw = _parse_jsonl(path, text) if suffix == ".jsonl" else _parse_json(path, text)
-    return validate_all(raw, path, fields, fmt)
+    return (_parse_jsonl(path, text) if suffix == ".jsonl" else _parse_json(path, text)), path
 
 
 def validate_all(raw: list, path: Path | str, fields: FieldNames, fmt: str) -> list[Record]:
     if not raw:
         raise DataError(f"{path}: holds no records")
     if fmt == "auto":
-        fmt = record_format(raw[0])
+        fmt = record_format(raw[0], fields)
+    if fmt == "preference":
+        from gpt2_lightning.data.preference import validate_preference
+
+        return [validate_preference(item, path, number, fields) for number, item in enumerate(raw, start=1)]
     if fmt == "alpaca":
         return [validate_record(item, path, number, fields) for number, item in enumerate(raw, start=1)]
     return [validate_conversation(item, path, number, fmt) for number, item in enumerate(raw, start=1)]
@@ -127,18 +144,35 @@ def read_with_datasets(spec: str, split: str, subset: str | None) -> list[dict]:
 
 
 def reference_answer(record: Record) -> str:
-    """The answer a record expects: an Alpaca record's output, a conversation's last answer."""
+    """The answer a record expects: a preference's chosen answer, an Alpaca record's output, a
+    conversation's last answer."""
+    if "chosen" in record:
+        return record["chosen"]
     return record["messages"][-1]["content"] if "messages" in record else record["output"]
 
 
 def prompt_of(record: Record, style) -> str:
     """What the model is asked to answer, as prompt text of ``style``: an Alpaca record's
-    prompt, a conversation up to its last answer."""
-    return style.render(record["messages"][:-1]) if "messages" in record else style.prompt(record)
+    prompt, a conversation up to its last answer (a preference's conversation ends before it)."""
+    if "messages" not in record:
+        return style.prompt(record)
+    return style.render(record["messages"] if "chosen" in record else record["messages"][:-1])
 
 
-def record_format(item) -> str:
-    """The format a record is in: ``messages``, ``sharegpt`` or ``alpaca``."""
+def answered(record: Record) -> Record:
+    """``record`` as a training example: a preference becomes the record of its chosen answer."""
+    if "chosen" not in record:
+        return record
+    rest = {k: v for k, v in record.items() if k not in ("chosen", "rejected")}
+    if "messages" in record:
+        return {**rest, "messages": [*record["messages"], {"role": "assistant", "content": record["chosen"]}]}
+    return {**rest, "output": record["chosen"]}
+
+
+def record_format(item, fields: FieldNames = FieldNames()) -> str:
+    """The format a record is in: ``preference``, ``messages``, ``sharegpt`` or ``alpaca``."""
+    if isinstance(item, dict) and fields.chosen in item and fields.rejected in item:
+        return "preference"
     if isinstance(item, dict) and "messages" in item:
         return "messages"
     if isinstance(item, dict) and "conversations" in item:
@@ -146,34 +180,37 @@ def record_format(item) -> str:
     return "alpaca"
 
 
-def validate_conversation(item, path: Path | str, number: int, fmt: str) -> Record:
+def validate_conversation(item, path: Path | str, number: int, fmt: str, key: str | None = None,
+                          answered: bool = True) -> Record:
     """A ``messages`` or ``sharegpt`` record as ``{"messages": [...], **other fields}``, or a
-    ``DataError`` naming the file, the record, the turn and the field."""
+    ``DataError`` naming the file, the record, the turn and the field. ``key``: the field that
+    holds the turns (default: the format's own); ``answered``: whether the conversation ends
+    with an answer (training data) or with the user's turn (a prompt)."""
     where = f"{path}: record {number}"
-    key, role_key, content_key = ("messages", "role", "content") if fmt == "messages" else \
-        ("conversations", "from", "value")
+    role_key, content_key = ("role", "content") if fmt == "messages" else ("from", "value")
+    key = key or ("messages" if fmt == "messages" else "conversations")
     if not isinstance(item, dict) or key not in item:
-        got = f"fields {', '.join(map(str, item))}" if isinstance(item, dict) else f"a JSON {_json_type(item)}"
+        got = f"fields {', '.join(map(str, item))}" if isinstance(item, dict) else f"a JSON {json_type(item)}"
         raise DataError(f"{where}: expected an object with '{key}' (a {fmt} file), got {got}")
     turns = item[key]
     if not isinstance(turns, list):
-        raise DataError(f"{where}: field '{key}' must be a list of turns, got a JSON {_json_type(turns)}")
+        raise DataError(f"{where}: field '{key}' must be a list of turns, got a JSON {json_type(turns)}")
     messages = []
     for turn_number, turn in enumerate(turns, start=1):
         at = f"{where}, turn {turn_number}"
         if not isinstance(turn, dict):
             raise DataError(f"{at}: expected an object with '{role_key}' and '{content_key}', "
-                            f"got a JSON {_json_type(turn)}")
+                            f"got a JSON {json_type(turn)}")
         for field_name in (role_key, content_key):
             if field_name not in turn:
                 raise DataError(f"{at}: missing field '{field_name}'")
             if not isinstance(turn[field_name], str):
-                raise DataError(f"{at}: field '{field_name}' must be a string, got a JSON {_json_type(turn[field_name])}")
+                raise DataError(f"{at}: field '{field_name}' must be a string, got a JSON {json_type(turn[field_name])}")
         roles = SHAREGPT_ROLES if fmt == "sharegpt" else {r: r for r in ("system", "user", "assistant")}
         if turn[role_key] not in roles:
             raise DataError(f"{at}: field '{role_key}' is {turn[role_key]!r}; use one of {', '.join(roles)}")
         messages.append({"role": roles[turn[role_key]], "content": turn[content_key]})
-    check_messages(messages, where, role_key, content_key)
+    check_messages(messages, where, role_key, content_key, answered)
     return {"messages": messages, **{k: v for k, v in item.items() if k != key}}
 
 
@@ -223,7 +260,7 @@ def _parse_json(path: Path, text: str) -> list:
         raise DataError(f"{path}: invalid JSON: nested too deeply") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of records (or a .jsonl file), "
-                        f"got a JSON {_json_type(data)}")
+                        f"got a JSON {json_type(data)}")
     return data
 
 
@@ -241,7 +278,7 @@ def _parse_jsonl(path: Path, text: str) -> list:
     return records
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(value), "number")
 
@@ -252,25 +289,31 @@ def validate_record(item, path: Path | str, number: int, fields: FieldNames = Fi
     where = f"{path}: record {number}"
     if not isinstance(item, dict):
         raise DataError(f"{where}: expected an object with '{fields.instruction}' and "
-                        f"'{fields.output}', got a JSON {_json_type(item)}")
+                        f"'{fields.output}', got a JSON {json_type(item)}")
+    return validate_alpaca(item, where, fields)
+
+
+def validate_alpaca(item: dict, where: str, fields: FieldNames, with_output: bool = True) -> Record:
+    """The canonical fields of an Alpaca-shaped object (``instruction``, ``input``, and with
+    ``with_output`` ``output``), its other fields kept; a ``DataError`` names the field."""
     output_key = next((k for k in (fields.output, *fields.output_aliases) if k in item), None)
     if fields.instruction not in item:
         raise DataError(f"{where}: missing field '{fields.instruction}'{_mapping_hint(item, fields)}")
-    if output_key is None:
+    if output_key is None and with_output:
         raise DataError(f"{where}: missing field '{fields.output}'{_mapping_hint(item, fields)}")
     values = {}
-    for canonical, key, required in (("instruction", fields.instruction, True),
-                                     ("input", fields.input, False),
-                                     ("output", output_key, True)):
+    checked = (("instruction", fields.instruction, True), ("input", fields.input, False),
+               *((("output", output_key, True),) if with_output else ()))
+    for canonical, key, required in checked:
         value = item.get(key)
         if value is None and not required:
             value = ""
         if not isinstance(value, str):
-            raise DataError(f"{where}: field '{key}' must be a string, got a JSON {_json_type(value)}")
+            raise DataError(f"{where}: field '{key}' must be a string, got a JSON {json_type(value)}")
         if required and not value.strip():
             raise DataError(f"{where}: field '{key}' is empty")
         values[canonical] = value
-    extra = {k: v for k, v in item.items() if k not in (fields.instruction, fields.input, output_key)}
+    extra = {k: v for k, v in item.items() if k not in {key for _, key, _ in checked}}
     return {**values, **extra}
 
 

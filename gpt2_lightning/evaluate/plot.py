@@ -1,4 +1,5 @@
-"""``loss.png``: train and val loss against steps, tokens seen on a second axis."""
+"""``loss.png``: train and val loss against steps (and the reward margin of preference tuning),
+tokens seen on a second axis."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def read_scalars(tensorboard_dir: str | os.PathLike) -> dict[str, list[tuple[int
 
 
 def loss_figure(scalars: dict[str, list[tuple[int, float]]]) -> plt.Figure:
-    """Train and val loss against steps; tokens seen on a second x axis on top."""
+    """Train and val loss against steps, and a preference run's reward margins on a second y axis;
+    tokens seen on a second x axis on top."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     for tag, label, style in (("train_loss", "Training loss", "-"), ("val_loss", "Validation loss", "-.")):
         if tag in scalars:
@@ -38,8 +40,19 @@ def loss_figure(scalars: dict[str, list[tuple[int, float]]]) -> plt.Figure:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("Step")
     ax.set_ylabel("Loss")
-    ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
+    lines = ax.get_lines()
+    margins = [(tag, label) for tag, label in (("train_rewards_margin", "Training reward margin"),
+                                                ("val_rewards_margin", "Validation reward margin")) if tag in scalars]
+    if margins:  # preference tuning: how far the chosen answers' reward is ahead of the rejected ones'
+        right = ax.twinx()
+        for (tag, label), style in zip(margins, (":", "--")):
+            steps, values = zip(*scalars[tag])
+            right.plot(steps, values, style, color="tab:green" if tag.startswith("train") else "tab:red", label=label,
+                       marker="o" if len(steps) < 30 else None, markersize=3)
+        right.set_ylabel("Reward margin")
+        lines = [*lines, *right.get_lines()]
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right")
     if "tokens_seen" in scalars:
         # Tokens seen before each step: none before step 0, a step's own once it is done.
         logged_steps, logged_tokens = zip(*scalars["tokens_seen"])

@@ -70,6 +70,7 @@ class Run:
     loss_plot = _Path("loss.png")
     log = _Path("train.log")
     progress = _Path("progress.json", "what the training job has finished (see apps/progress.py)")
+    reference_logprobs = _Path("reference-logprobs.npz", "preference tuning: the reference model's log-probabilities")
 
     @property
     def best_checkpoints(self) -> list[Path]:

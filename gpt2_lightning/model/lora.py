@@ -9,7 +9,8 @@ tensors) plus ``lora_a [r, in]`` and ``lora_b [out, r]``: ``y = x W^T + b + (x A
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -71,8 +72,11 @@ class LoRALinear(nn.Linear):
         self.lora_b = nn.Parameter(torch.zeros(self.out_features, config.r, **kwargs))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as nn.Linear and PEFT initialise A
         self.lora_dropout = nn.Dropout(config.dropout)
+        self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return F.linear(x, self.weight, self.bias)
         update = F.linear(F.linear(self.lora_dropout(x), self.lora_a.to(x.dtype)), self.lora_b.to(x.dtype))
         return F.linear(x, self.weight, self.bias) + update * self.scaling
 
@@ -105,6 +109,19 @@ def add_lora(model: GPTModel, config: LoRAConfig) -> GPTModel:
     for parent, attribute in adapted_layers(model, config.targets):
         setattr(parent, attribute, LoRALinear(getattr(parent, attribute), config))
     return model
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` computing as its base inside the block: every adapter switched off."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enabled = True
 
 
 def merge_lora(model: GPTModel) -> GPTModel:

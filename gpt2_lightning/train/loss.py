@@ -40,6 +40,17 @@ def masked_lm_loss(model: GPTModel, input_ids: torch.Tensor, targets: torch.Tens
         logits = model(input_ids).flatten(0, 1).float()
         loss = F.cross_entropy(logits, targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
         return loss / count.clamp(min=1), count
+    hidden, targets, _ = scored_hidden_states(model, input_ids, targets)
+    count = torch.tensor(len(targets), device=targets.device)
+    return (head_loss or cross_entropy_of_head)(model.out_head, hidden, targets, count.clamp(min=1)), count
+
+
+def scored_hidden_states(model: GPTModel, input_ids: torch.Tensor, targets: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The final hidden states ``[N, C]`` at the ``N`` scored positions of ``targets [B, T]``
+    (those not ``IGNORE_INDEX``), their targets ``[N]`` and the row of each ``[N]``. The
+    transformer runs only up to each row's last scored target; a full batch, every position
+    scored, takes the plain path."""
     batch, seq = targets.shape
     scored = (targets != IGNORE_INDEX).flatten()
     positions = torch.arange(seq, device=targets.device)
@@ -54,5 +65,4 @@ def masked_lm_loss(model: GPTModel, input_ids: torch.Tensor, targets: torch.Tens
     rows = scored.nonzero().squeeze(1)
     if len(rows) < len(scored):
         hidden, targets = hidden[rows], targets[rows]
-    count = scored.sum()
-    return (head_loss or cross_entropy_of_head)(model.out_head, hidden, targets, count.clamp(min=1)), count
+    return hidden, targets, kept[rows] // seq

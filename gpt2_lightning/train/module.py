@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torchmetrics import MeanMetric
 
-from gpt2_lightning.backends import ExecutionPlan, prepare_for_training, training_plan
+from gpt2_lightning.backends import ExecutionPlan, Kernels, prepare_for_training, training_plan
 from gpt2_lightning.data.prompts import DEFAULT_STYLE
 from gpt2_lightning.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
@@ -46,6 +46,8 @@ class InstructionTuner(L.LightningModule):
     device and precision.
     """
 
+    LOSS_IS_CROSS_ENTROPY = True
+
     def __init__(self, gpt_config: dict[str, Any], prompt_style: str = DEFAULT_STYLE, lr: float = 5e-5,
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
                  warmup_steps: int = 0, schedule: str = "constant", min_lr_ratio: float = 0.1,
@@ -67,6 +69,7 @@ class InstructionTuner(L.LightningModule):
         # A LoRA run's checkpoints hold the adapters alone; the base comes from ``base``.
         self.strict_loading = not adapter
         self.plan = plan
+        self.kernels = Kernels()
         self.loss_fn = masked_lm_loss
         self.train_loss_epoch = MeanMetric()
         self.val_loss = MeanMetric()
@@ -86,17 +89,20 @@ class InstructionTuner(L.LightningModule):
         if self.plan is None:
             self.plan = training_plan(self.trainer.strategy.root_device, str(self.trainer.precision),
                                       self.config.emb_dim)
-        kernels = prepare_for_training(self.model, self.plan)
-        self.model.use_attention(kernels.attention)
-        self.loss_fn = functools.partial(masked_lm_loss, head_loss=kernels.head_loss)
+        self.kernels = prepare_for_training(self.model, self.plan)
+        self.model.use_attention(self.kernels.attention)
+        self.loss_fn = functools.partial(masked_lm_loss, head_loss=self.kernels.head_loss)
         if self.hparams.compile:  # what training runs (the loss), not forward; parameter names stay the same
             self.loss_fn = torch.compile(self.loss_fn, dynamic=True)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.loss_fn(self.model, batch["input_ids"], batch["targets"])
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's loss, its weight in an epoch's mean (here: the scored targets) and the number
+        of scored targets."""
+        loss, count = self.loss_fn(self.model, batch["input_ids"], batch["targets"])
+        return loss, count, count
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_state_to_restore is not None:  # here, not at loading: making the data iterator draws from it
@@ -105,7 +111,7 @@ class InstructionTuner(L.LightningModule):
         self._step_started = time.perf_counter()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, count = self._loss(batch)
+        loss, weight, scored = self._loss(batch)
         finite = bool(torch.isfinite(loss))  # one sync per step, to never step on a NaN gradient
         # Every process decides together: one that stopped alone would leave the others waiting.
         if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
@@ -114,8 +120,8 @@ class InstructionTuner(L.LightningModule):
                 f"the training loss {what} at step {self.global_step} (epoch {self.current_epoch}, "
                 f"batch {batch_idx}); lower optimizer.lr, set trainer.gradient_clip_val, or use "
                 f"trainer.precision=bf16-mixed instead of 16-mixed")
-        self.train_loss_epoch.update(loss.detach(), weight=count)
-        self._scored_in_step = count
+        self.train_loss_epoch.update(loss.detach(), weight=weight)
+        self._scored_in_step = scored
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         return loss
 
@@ -138,7 +144,8 @@ class InstructionTuner(L.LightningModule):
         self.train_loss_epoch.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.val_loss.update(*self._loss(batch))
+        loss, weight, _ = self._loss(batch)
+        self.val_loss.update(loss, weight)
 
     def on_validation_epoch_end(self) -> None:
         self._log_token_mean(self.val_loss, "val", prog_bar=True)
@@ -146,16 +153,19 @@ class InstructionTuner(L.LightningModule):
             self.last_validated_step = self.global_step
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.test_loss.update(*self._loss(batch))
+        loss, weight, _ = self._loss(batch)
+        self.test_loss.update(loss, weight)
 
     def on_test_epoch_end(self) -> None:
         self._log_token_mean(self.test_loss, "test")
 
     def _log_token_mean(self, metric: MeanMetric, split: str, prog_bar: bool = False) -> None:
-        """Log the split's loss averaged over tokens (synced across processes) and its perplexity."""
+        """Log the split's loss averaged over tokens (synced across processes) and, where the loss
+        is a cross-entropy, its perplexity."""
         loss = metric.compute()
         metric.reset()
-        self.log_dict({f"{split}_loss": loss, f"{split}_ppl": torch.exp(loss)}, prog_bar=prog_bar, sync_dist=True)
+        values = {f"{split}_loss": loss, **({f"{split}_ppl": torch.exp(loss)} if self.LOSS_IS_CROSS_ENTROPY else {})}
+        self.log_dict(values, prog_bar=prog_bar, sync_dist=True)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -14,7 +14,7 @@ from torch import nn
 from gpt2_lightning.backends.base import Backend, Kernels
 from gpt2_lightning.backends.cpu.attention import short_sequence_attention
 from gpt2_lightning.backends.cpu.calibrate import dtype_race, onednn_race
-from gpt2_lightning.backends.cpu.loss import head_loss
+from gpt2_lightning.backends.cpu.loss import head_loss, token_losses
 from gpt2_lightning.backends.cpu.onednn import use_onednn_linears
 from gpt2_lightning.backends.plan import PRECISION_DTYPES, Workload
 
@@ -63,4 +63,5 @@ class CPUBackend(Backend):
 
     def kernels(self, workload: Workload) -> Kernels:
         return Kernels(attention=short_sequence_attention if workload.attention == "matmul-short" else None,
-                       head_loss=head_loss if workload.loss == "chunked" else None)
+                       head_loss=head_loss if workload.loss == "chunked" else None,
+                       token_losses=token_losses if workload.loss == "chunked" else None)

@@ -61,21 +61,27 @@ class _VocabBlockedHead(torch.autograd.Function):
         return grad_hidden, grad_weight, None
 
 
+def token_losses(head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy of ``head(hidden)`` against ``targets`` per row ``[N]``."""
+    return cross_entropy(head_logits(head, hidden), targets, per_row=True)
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor | int | None = None,
-                  chunk_rows: int | None = None) -> torch.Tensor:
+                  chunk_rows: int | None = None, per_row: bool = False) -> torch.Tensor:
     """``F.cross_entropy(logits.float(), targets, reduction="sum") / count`` for CPU ``logits
-    [N, V]``, ``chunk_rows`` rows at a time (default: ``CHUNK_ELEMENTS`` logits a chunk)."""
-    count = len(targets) if count is None else count
+    [N, V]``, ``chunk_rows`` rows at a time (default: ``CHUNK_ELEMENTS`` logits a chunk);
+    with ``per_row``, each row's cross-entropy ``[N]`` (``reduction="none"``)."""
+    count = 1 if per_row else len(targets) if count is None else count
     if chunk_rows is None:
         chunk_rows = max(1, CHUNK_ELEMENTS // logits.shape[-1])
-    return _ChunkedCrossEntropy.apply(logits, targets, count, chunk_rows)
+    return _ChunkedCrossEntropy.apply(logits, targets, count, chunk_rows, per_row)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor | int,
-                chunk_rows: int) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+                chunk_rows: int, per_row: bool) -> torch.Tensor:
+        losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
         minus_one = torch.full((chunk_rows, 1), -1.0, device=logits.device)
         for start in range(0, logits.shape[0], chunk_rows):
@@ -83,7 +89,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             chunk = logits[rows].float()  # a copy, unless the logits are fp32 already
             target = targets[rows].unsqueeze(1)
             log_norm = torch.logsumexp(chunk, dim=1, keepdim=True)
-            total += (log_norm - chunk.gather(1, target)).sum()
+            losses[rows] = (log_norm - chunk.gather(1, target)).squeeze(1)
             if grad is not None:  # d loss / d logits = (softmax - one_hot(target)) / count
                 fp32 = grad.dtype == torch.float32  # then written in place, else through the copy
                 probs = torch.sub(chunk, log_norm, out=grad[rows] if fp32 else chunk).exp_()
@@ -91,11 +97,14 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 if not fp32:
                     grad[rows] = probs
         ctx.save_for_backward(grad)
-        return total / count
+        ctx.per_row = per_row
+        return losses if per_row else losses.sum() / count
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (grad,) = ctx.saved_tensors
+        if ctx.per_row:
+            return grad * grad_output.unsqueeze(1).to(grad.dtype), None, None, None, None
         if grad_output.item() == 1.0:  # loss.backward() itself: no pass over the logits (no wait on a CPU)
-            return grad, None, None, None
-        return grad * grad_output, None, None, None
+            return grad, None, None, None, None
+        return grad * grad_output, None, None, None, None

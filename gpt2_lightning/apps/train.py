@@ -40,7 +40,7 @@ from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.io import remove_stale_temp_files, write_json
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 from gpt2_lightning.model.lora import LoRAConfig, merge_lora
-from gpt2_lightning.model.pretrained import base_identity, load_pretrained, model_with_weights
+from gpt2_lightning.model.pretrained import WEIGHTS_FILE, base_identity, load_pretrained, model_with_weights
 from gpt2_lightning.resources import config_dir, register_resolvers
 from gpt2_lightning.train.callbacks import GracefulStop
 from gpt2_lightning.train.checkpoints import (
@@ -67,13 +67,25 @@ def build_model(model_cfg: DictConfig, cache_dir: str | None, resuming: bool,
     if adapter:
         if not (model_cfg.pretrained or model_cfg.weights):
             raise ConfigError("adapter=lora adapts pretrained weights: set model.pretrained=true or model.weights=...")
-        base = base_identity(spec, cache_dir)
+        base = base_identity(adaptable_weights(spec), cache_dir)
         return load_pretrained(base["path"], **overrides), base
     if model_cfg.weights:  # loaded when resuming too: the shape is the weights'
         return given_weights(model_cfg.weights, cache_dir, overrides), None
     if model_cfg.pretrained and not resuming:
         return load_pretrained(spec, cache_dir=cache_dir, **overrides), None
     return GPTModel(GPTConfig.from_spec(model_cfg.name, overrides)), None
+
+
+def adaptable_weights(spec: str) -> str:
+    """The weights file LoRA adapters are trained on for ``spec``: a run's (or export folder's)
+    ``model.safetensors``, else GPT-2 weights as given. A run with checkpoints alone has no such file."""
+    kind, where = weights_source(spec)
+    if kind == "export":
+        return str(Path(where) / WEIGHTS_FILE)
+    if kind == "checkpoint":
+        raise ConfigError(f"adapter=lora adapts a weights file, and {spec} holds a training checkpoint ({where}); "
+                          f"export it first (gpt2 export {spec} --format hf --out DIR) and give model.weights=DIR")
+    return spec
 
 
 def given_weights(spec: str, cache_dir: str | None, overrides: dict) -> GPTModel:

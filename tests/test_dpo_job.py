@@ -6,10 +6,12 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from gpt2_lightning.apps.train import run
+from gpt2_lightning.data.records import load_records
 from gpt2_lightning.errors import CheckpointMismatchError, ConfigError
 from gpt2_lightning.evaluate.plot import read_scalars
 from gpt2_lightning.export.run import Run
@@ -24,7 +26,8 @@ DPO = ("experiment=dpo-quickstart", "trainer=cpu", "trainer.enable_model_summary
 def sft_run(tmp_path_factory):
     """A short SFT run of ``model=tiny`` on the sample, with its export (the DPO runs' weights)."""
     run_dir = tmp_path_factory.mktemp("sft")
-    run(compose_train(run_dir, *TINY_RUN, "export=true", "trainer.max_epochs=2"))
+    trained = run_train_py(*TINY_RUN, "export=true", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
     return run_dir
 
 
@@ -59,6 +62,26 @@ def test_dpo_from_an_sft_run_starts_at_ln_2_the_val_margin_rises_and_the_run_ans
     assert len(json.loads((tmp_path / "again.json").read_text())) == 6
     exported = gpt2("export", str(run_dir), "--format", "hf", "--out", str(tmp_path / "hf"))
     assert exported.returncode == 0 and (tmp_path / "hf" / "model.safetensors").is_file(), exported.stderr[-2000:]
+
+
+def test_prefs_turns_a_runs_training_split_into_preferences_that_dpo_trains_on(sft_run, tmp_path):
+    out = tmp_path / "prefs.json"
+    made = gpt2("prefs", str(sft_run), "--out", str(out), "--max-new-tokens", "12")
+    assert made.returncode == 0, made.stderr[-2000:]
+    preferences = load_records(out)
+    train = Run(sft_run).split_records("train")
+    answered = json.loads((tmp_path / "prefs-answers.json").read_text())
+    assert [(r["instruction"], r["input"]) for r in answered] == [(r["instruction"], r["input"]) for r in train]
+    expected = [{"instruction": r["instruction"], "input": r["input"], "chosen": r["output"],
+                 "rejected": r["model_response"]} for r in answered
+                if r["model_response"].strip() not in ("", r["output"].strip())]
+    assert preferences == expected and 0 < len(expected) <= 51
+    assert f"{len(expected)} preferences in {out} ({51 - len(expected)} of 51 records left out" in made.stdout
+    again = gpt2("prefs", str(sft_run), "--out", str(out))
+    assert again.returncode == 2 and "exists; give another --out, or --force" in again.stderr
+    run(compose_train(tmp_path / "dpo", *DPO, f"model.weights={sft_run}", f"data.path={out}", "trainer.max_epochs=1",
+                      "respond=false", "export=false", "plot=false", "data.split=[0.8,0.1,0.1]"))
+    assert read_scalars(tmp_path / "dpo" / "tensorboard")["val_rewards_margin"][-1][1] > 0
 
 
 def test_lora_dpo_uses_the_base_with_adapters_off_as_its_reference(sft_run, tmp_path):
@@ -118,3 +141,19 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_dpo_run(sft_run, 
     assert step_whole == step_resumed == 26
     for name, tensor in whole.items():
         torch.testing.assert_close(weights[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_two_processes_tune_dpo_from_ln_2_against_the_reference_one_process_computes(sft_run, tmp_path):
+    settings = (*DPO, f"model.weights={sft_run}", "respond=false", "export=false", "plot=false", "trainer.max_steps=4",
+                "data.batch_size=4")
+    one = run_train_py(*settings, f"hydra.run.dir={tmp_path / 'one'}")
+    two = run_train_py(*settings, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                       f"hydra.run.dir={tmp_path / 'two'}", timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    first = read_scalars(tmp_path / "two" / "tensorboard")["train_loss"][0]
+    assert first == (0, pytest.approx(math.log(2), abs=1e-6))
+    assert "sync_dist" not in two.stdout + two.stderr  # every logged metric is synced across processes
+    references = [np.load(tmp_path / run / "reference-logprobs.npz") for run in ("one", "two")]
+    for split in ("train", "val", "test"):
+        np.testing.assert_allclose(references[1][split], references[0][split], rtol=1e-6)

@@ -15,7 +15,9 @@ PACKAGE = REPO_ROOT / "gpt2_lightning"
 PUBLIC_API = ["GPTConfig", "GPTModel", "KVCache", "load_pretrained", "convert_hf_state_dict", "load_model",
               "generate", "format_prompt", "extract_response", "load_records", "split_records",
               "InstructionDataset", "InstructionCollator", "InstructionDataModule", "InstructionTuner",
-              "masked_lm_loss", "download", "ChatModel", "SamplingParams", "Run", "ExecutionPlan"]
+              "masked_lm_loss", "download", "ChatModel", "SamplingParams", "Run", "ExecutionPlan",
+              "PreferenceDataset", "PreferenceCollator", "PreferenceDataModule", "PreferenceTuner",
+              "sequence_logprobs", "preference_loss"]
 
 # The stages in the order of the data flow; a module may import its own stage and those before it.
 LAYERS = [

@@ -121,10 +121,15 @@ class Run:
 
         if self.test_split.is_file():
             return load_records(self.test_split)
+        return self.split_records("test")
+
+    def split_records(self, split: str) -> list[dict]:
+        """The records of the run's ``split`` (``train``, ``val``, ``test``), read and split again as
+        its saved data config says."""
         if self.config is None:
-            raise FileNotFoundError(f"{self.path} is not a run directory (no {self.test_split.name}); give --records")
+            raise FileNotFoundError(f"{self.path} is not a run directory (no {self.CONFIG}); give --records")
         import hydra
 
         datamodule = hydra.utils.instantiate(self.config.data)
         datamodule.setup()
-        return datamodule.datasets["test"].records
+        return datamodule.datasets[split].records

@@ -38,7 +38,8 @@ def gpt2(*args, timeout=300):
 
 def test_dpo_from_an_sft_run_starts_at_ln_2_the_val_margin_rises_and_the_run_answers_every_verb(sft_run, tmp_path):
     run_dir = tmp_path / "dpo"
-    run(compose_train(run_dir, *DPO, f"model.weights={sft_run}", "generation.max_new_tokens=8"))
+    trained = run_train_py(*DPO, f"model.weights={sft_run}", "generation.max_new_tokens=8", f"hydra.run.dir={run_dir}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
     scalars = read_scalars(run_dir / "tensorboard")
     assert scalars["train_loss"][0] == (0, pytest.approx(math.log(2), abs=1e-6))
     margins = [value for _, value in scalars["val_rewards_margin"]]
@@ -62,6 +63,9 @@ def test_dpo_from_an_sft_run_starts_at_ln_2_the_val_margin_rises_and_the_run_ans
     assert len(json.loads((tmp_path / "again.json").read_text())) == 6
     exported = gpt2("export", str(run_dir), "--format", "hf", "--out", str(tmp_path / "hf"))
     assert exported.returncode == 0 and (tmp_path / "hf" / "model.safetensors").is_file(), exported.stderr[-2000:]
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "# dpo-quickstart-tiny" in card and "dpo]" in card and "## Preference tuning" in card
+    assert f"Tuned from `{sft_run}`" in card and "sigmoid loss, beta 0.1" in card
 
 
 def test_prefs_turns_a_runs_training_split_into_preferences_that_dpo_trains_on(sft_run, tmp_path):

@@ -74,3 +74,18 @@ def test_chat_model_answers_as_the_batch_answerer_does_and_streams_the_same(tiny
         assert chat.chat("Say hi.", **seeded) == chat.chat("Say hi.", **seeded)
         with pytest.raises(ValueError, match="an assistant turn must follow a user turn"):
             chat.chat([{"role": "assistant", "content": "Hi."}])
+
+
+def test_a_run_started_from_another_runs_weights_is_named_after_that_run(tmp_path):
+    def fake_run(folder, config, experiment):
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text(config)
+        (folder / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n      experiment: {experiment}\n")
+        return folder
+
+    sft = fake_run(tmp_path / "sft", "model:\n  name: mini\n  weights: null\n", "quickstart")
+    dpo = fake_run(tmp_path / "dpo", f"model:\n  name: gpt2-small\n  weights: {sft / 'export'}\n", "dpo-quickstart")
+    given = fake_run(tmp_path / "own", "model:\n  name: gpt2-medium\n  weights: /models/gpt2-medium.safetensors\n",
+                     "null")
+    assert (Run(sft).name, Run(dpo).name, Run(given).name) == ("quickstart-mini", "dpo-quickstart-quickstart-mini",
+                                                               "gpt2-medium")

@@ -64,8 +64,9 @@ def model_card(model: GPTModel, style: PromptStyle, summary: RunSummary, name: s
     params = sum(p.numel() for p in model.parameters()) / 1e6
     adapter = summary.get("adapter") or {}
     lora = adapter.get("name") == "lora"
+    dpo = summary.get("dpo")
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
-             f"tags: [gpt2, instruction-tuning, gpt2-lightning{', lora' if lora else ''}]"]
+             f"tags: [gpt2, instruction-tuning, gpt2-lightning{', lora' if lora else ''}{', dpo' if dpo else ''}]"]
     lines += [f"base_model: {base}"] if base else []
     lines += ["---", "", f"# {summary.name or name}", "",
               f"A GPT-2 ({cfg.n_layers} layers, width {cfg.emb_dim}, {cfg.n_heads} heads, context "
@@ -79,10 +80,15 @@ def model_card(model: GPTModel, style: PromptStyle, summary: RunSummary, name: s
                   f"LoRA: low-rank adapters (r={adapter.get('r')}, alpha={adapter.get('alpha')}, on "
                   f"{', '.join(adapter.get('targets', []))}) trained on the frozen base, then merged into "
                   f"these weights (`W + B A alpha / r`).", ""]
+    if dpo:
+        lines += ["## Preference tuning", "",
+                  f"Tuned from `{summary.get('model.weights')}` to prefer each record's chosen answer to its rejected one: "
+                  f"{dpo.get('loss_type')} loss, beta {dpo.get('beta')}, "
+                  f"{'mean' if dpo.get('average_logprobs') else 'summed'} log-probabilities of the answers.", ""]
     data = summary.get("data.path") or summary.get("data.url")
     if data:
         split = summary.get("data.split")
-        lines += ["## Data", "", f"Instruction records from `{data}`"
+        lines += ["## Data", "", f"{'Preference' if dpo else 'Instruction'} records from `{data}`"
                   + (f", split train / validation / test as {split}." if split else "."), ""]
     ran = {"trainer.precision": summary.plan.precision} if summary.plan and summary.plan.precision else {}
     rows = [(label, ran.get(key, summary.get(key))) for label, key in HYPERPARAMETERS

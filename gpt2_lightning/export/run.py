@@ -95,8 +95,13 @@ class Run:
     @property
     def name(self) -> str:
         """What the run is, in a few words: its experiment and model (``quickstart-mini``), else
-        its folder's name."""
-        model = self.config.model.get("name") if self.config is not None and "model" in self.config else None
+        its folder's name. A run that started from another run's weights (DPO after SFT) names that
+        run in place of the model (``dpo-quickstart-quickstart-mini``)."""
+        model_cfg = self.config.model if self.config is not None and "model" in self.config else {}
+        model = model_cfg.get("name")
+        origin = Run.of(model_cfg.weights) if model_cfg.get("weights") else None
+        if origin is not None and origin != self:
+            model = origin.name
         return "-".join(part for part in (self.choice("experiment"), model) if part) or self.path.name
 
     def choice(self, group: str) -> str | None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gpt2_lightning.apps.train import run
+from gpt2_lightning.apps.job import run
 from gpt2_lightning.errors import CheckpointMismatchError
 from gpt2_lightning.export.folder import export_model, load_export
 from gpt2_lightning.export.load import load_model

@@ -55,6 +55,33 @@ def test_config_errors_stop_before_any_work(tmp_path):
     assert not any((tmp_path / run / "checkpoints").exists() for run in "abcdef")
 
 
+def test_a_config_that_does_not_compose_is_reported_before_torch_or_lightning_is_imported(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    code = ("import runpy, sys\n"
+            f"sys.argv = [{str(REPO_ROOT / 'train.py')!r}, 'model=gpt2-huge']\n"
+            "try:\n"
+            "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as stop:\n"
+            "    print(stop.code, sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip() == "2 []", result.stderr[-2000:]
+    assert "Could not find 'model/gpt2-huge'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_start_that_fails_before_training_leaves_no_run_directory_unless_one_was_named(tmp_path):
+    result = run_train_py(*TINY, "data.batch_size=0", cwd=tmp_path)
+    assert result.returncode == 2 and "error: data.batch_size must be at least 1, got 0" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # not even outputs/<date>/
+    result = run_train_py(*TINY, "data.batch_size=0", "hydra.run.dir=mine", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "error: data.batch_size must be at least 1, got 0" in (tmp_path / "mine" / "train.log").read_text()
+
+
 @pytest.mark.slow
 def test_quickstart_runs_the_whole_pipeline(tmp_path):
     run_dir = tmp_path / "quickstart"

@@ -133,7 +133,7 @@ def test_respond_answers_a_conversations_last_turn_and_scores_it(tmp_path, tiny_
 
 
 def test_a_run_on_conversations_trains_answers_and_scores_the_test_split(tmp_path):
-    from gpt2_lightning.apps.train import run
+    from gpt2_lightning.apps.job import run
     from tests.conftest import TINY_RUN, compose_train
 
     data = write(tmp_path / "chats.json", [{"conversations": SHAREGPT}] * 30)

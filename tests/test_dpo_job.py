@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2_lightning.apps.train import run
+from gpt2_lightning.apps.job import run
 from gpt2_lightning.data.records import load_records
 from gpt2_lightning.errors import CheckpointMismatchError, ConfigError
 from gpt2_lightning.evaluate.plot import read_scalars

@@ -293,7 +293,7 @@ def test_hf_export_of_a_run_carries_a_model_card_with_its_settings_and_scores(tm
 def test_a_lora_runs_model_card_says_lora_is_titled_by_the_run_and_lists_the_precision_that_ran(tmp_path, tiny_base):
     from omegaconf import OmegaConf
 
-    from gpt2_lightning.apps.train import run
+    from gpt2_lightning.apps.job import run
     from gpt2_lightning.backends import ExecutionPlan
     from tests.conftest import TINY_RUN, compose_train
 

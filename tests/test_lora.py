@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from gpt2_lightning.apps.train import run
+from gpt2_lightning.apps.job import run
 from gpt2_lightning.errors import CheckpointMismatchError, ConfigError
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpt2_lightning.apps.train import run
+from gpt2_lightning.apps.job import run
 from gpt2_lightning.data.records import load_records, validate_record
 from gpt2_lightning.errors import DataError, TrainingDivergedError
 from gpt2_lightning.evaluate.plot import read_scalars

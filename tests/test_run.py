@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpt2_lightning import ChatModel, Run, SamplingParams
-from gpt2_lightning.apps.train import run
+from gpt2_lightning.apps.job import run
 from gpt2_lightning.data.prompts import get_style
 from gpt2_lightning.errors import CheckpointMismatchError
 from gpt2_lightning.export.load import load_model

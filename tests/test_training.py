@@ -5,7 +5,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from gpt2_lightning.apps.train import run
+from gpt2_lightning.apps.job import run
 from gpt2_lightning.evaluate.plot import read_scalars
 from gpt2_lightning.train.loss import masked_lm_loss
 from gpt2_lightning.train.module import InstructionTuner

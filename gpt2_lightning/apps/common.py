@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO
 
 from gpt2_lightning.errors import Gpt2LightningError
@@ -120,3 +121,8 @@ def survive_a_closed_console() -> None:
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
                 handler.setStream(safe)
+
+
+def escaped(path: Path) -> str:
+    """``path`` inside a single-quoted Hydra override value."""
+    return str(path).replace("\\", "\\\\").replace("'", "\\'")

@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -137,3 +137,20 @@ class GracefulStop(L.Callback):
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, which shows a run resumed mid-epoch as an epoch too: Lightning
+    calls no ``on_train_epoch_start`` for the epoch it resumes in, so its bar would count from the
+    resumed batch with no epoch, no total and no ETA (``Training: 9/?``)."""
+
+    _shown_epoch: int | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._shown_epoch = trainer.current_epoch
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self.train_progress_bar is not None and self._shown_epoch != trainer.current_epoch:
+            self.on_train_epoch_start(trainer, pl_module)
+            self.train_progress_bar.initial = self.train_progress_bar.n = batch_idx  # its rate counts from here

@@ -102,6 +102,8 @@ def test_lora_dpo_uses_the_base_with_adapters_off_as_its_reference(sft_run, tmp_
 def test_preference_data_and_the_dpo_objective_come_together(sft_run, tmp_path):
     with pytest.raises(ConfigError, match="data=preference"):
         run(compose_train(tmp_path / "a", *DPO, f"model.weights={sft_run}", "data=sample"))
+    with pytest.raises(ConfigError, match="give model.weights=<an SFT run"):
+        run(compose_train(tmp_path / "c", *DPO))
     with pytest.raises(ConfigError, match="experiment=dpo"):
         run(compose_train(tmp_path / "b", *TINY_RUN, "data=sample-preference"))
 

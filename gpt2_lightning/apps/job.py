@@ -106,11 +106,14 @@ def data_prompt_style(cfg: DictConfig) -> str:
 
 
 def check_objective(cfg: DictConfig, datamodule: InstructionDataModule) -> None:
-    """Preference tuning (``dpo``) trains on preference data, and only it does."""
+    """Preference tuning (``dpo``) trains a trained model on preference data, and only it does."""
     preferences = isinstance(datamodule, PreferenceDataModule)
     if cfg.get("dpo") and not preferences:
         raise ConfigError("dpo tunes on preferences: use data=preference (records with chosen and rejected answers), "
                           "or experiment=dpo")
+    if cfg.get("dpo") and not (cfg.model.get("weights") or cfg.model.get("pretrained")):
+        raise ConfigError("dpo tunes a trained model against itself: give model.weights=<an SFT run, or anything "
+                          "load_model takes> (or model.pretrained=true for OpenAI's weights)")
     if preferences and not cfg.get("dpo"):
         raise ConfigError("data=preference pairs each record's chosen and rejected answers for dpo (experiment=dpo); "
                           "to fine-tune on the chosen answers, give the file to data=alpaca")

@@ -79,11 +79,11 @@ def override_key(override: str) -> str:
 
 def _job(cfg: DictConfig) -> float | None:
     survive_a_closed_console()
+    from gpt2_lightning.apps.job import run  # Lightning, which sets up its loggers on import: before one_log()
+
     one_log()
     try:
         with exit_on_user_error():
-            from gpt2_lightning.apps.job import run
-
             return run(cfg)
     except SystemExit as stop:
         if stop.code == 2:  # a user error, said on the console and in train.log

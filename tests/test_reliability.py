@@ -127,6 +127,20 @@ def test_a_finished_run_resumed_with_more_epochs_trains_them(tmp_path):
     assert final_weights(tmp_path)[0] == 26  # the second epoch whole, not skipped as already done
 
 
+def test_a_run_stopped_by_max_steps_goes_on_inside_its_epoch_when_the_limit_is_lifted(tmp_path):
+    # 51 training records, batch 4: 13 steps an epoch; step 17 stops in the second epoch.
+    steps = (*TINY_RUN, "data.batch_size=4", "trainer.max_epochs=2", "trainer.val_check_interval=1.0",
+             "~callbacks.response_sample")
+    run(compose_train(tmp_path / "whole", *steps))
+    run(compose_train(tmp_path / "parts", *steps, "trainer.max_steps=17"))
+    run(compose_train(tmp_path / "parts", *steps, f"ckpt_path={tmp_path / 'parts' / 'checkpoints' / 'last.ckpt'}"))
+    step_whole, whole = final_weights(tmp_path / "whole")
+    step_parts, parts = final_weights(tmp_path / "parts")
+    assert step_whole == step_parts == 26  # the rest of the second epoch trained, not skipped
+    for name, tensor in whole.items():
+        torch.testing.assert_close(parts[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_ckpt_path_auto_resumes_the_run_directorys_last_checkpoint_or_starts_fresh(tmp_path):
     from tests.test_training import Recorder
 

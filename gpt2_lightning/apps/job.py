@@ -4,6 +4,7 @@ fit -> best checkpoint -> test -> export -> respond -> evaluate -> plot, all in 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -212,7 +213,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
         best = best_checkpoint(trainer)
         if trainer.is_global_zero:
             remove_other_best_checkpoints(run_dir, best)
-            progress.finish_training(run_dir, trainer.global_step, trainer.current_epoch, cfg.trainer, best)
+            progress.finish_training(run_dir, trainer.global_step, completed_epochs(trainer), cfg.trainer, best)
     else:
         best = progress.best(run_dir) if progress.trained else best_checkpoint(trainer)
     test = cfg.test and "test" not in progress.done
@@ -244,6 +245,13 @@ def execution_plan(cfg: DictConfig, run_dir: Run, width: int) -> ExecutionPlan:
         # Lightning starts the other DDP processes with this process's arguments: they take this plan.
         sys.argv.append(f"plan='{escaped(path)}'")
     return plan
+
+
+def completed_epochs(trainer: L.Trainer) -> int:
+    """The epochs trained whole: not Lightning's ``current_epoch``, which counts the epoch a
+    ``max_steps`` stop fell in as done."""
+    steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+    return trainer.global_step // steps_per_epoch
 
 
 def training_is_complete(checkpoint: dict, trainer_cfg: DictConfig) -> bool:

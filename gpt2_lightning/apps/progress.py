@@ -51,15 +51,14 @@ class Progress:
         write_json(run.progress, asdict(self))
 
     def training_finished(self, trainer: DictConfig) -> bool:
-        """Whether training finished under limits that ``trainer`` (the settings now) does not raise."""
+        """Whether training reached a limit of ``trainer`` (the settings now): raising or lifting
+        ``max_steps`` or ``max_epochs`` past what was trained goes on with the run."""
         if not self.trained:
             return False
         max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
-        steps_beyond = max_steps is not None and max_steps >= 0 and max_steps > self.trained["global_step"] and \
-            max_steps != self.trained["max_steps"]
-        epochs_beyond = max_epochs is not None and max_epochs >= 0 and max_epochs > self.trained["epochs"] and \
-            max_epochs != self.trained["max_epochs"]
-        return not (steps_beyond or epochs_beyond)
+        steps_left = max_steps is None or max_steps < 0 or max_steps > self.trained["global_step"]
+        epochs_left = max_epochs is None or max_epochs < 0 or max_epochs > self.trained["epochs"]
+        return not (steps_left and epochs_left)
 
     def best(self, run: Run) -> Best | None:
         """The best checkpoint training chose, where it is still on disk."""

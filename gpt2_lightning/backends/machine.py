@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import torch
 
-
 # The CPU flags that decide which kernels are fast: without AVX-512 BF16 (or AMX), bf16 is
 # emulated, ~20x slower than fp32 on an AVX2-only Zen 3 of the same marketing name as a Zen 4.
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")

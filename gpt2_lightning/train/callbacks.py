@@ -54,7 +54,8 @@ class LastCheckpoint(ModelCheckpoint):
     - at a validation when none was saved in the last ``validation_interval`` (so the first
       validation of a short run always saves, and a long run pays a write, ~3 s for gpt2-small,
       at most once per interval),
-    - at the end of training, unless it was just saved at that very step.
+    - at the last step of ``trainer.max_steps``, inside its epoch, and at the end of training,
+      unless it was just saved at that very step.
 
     It builds on ``ModelCheckpoint``'s private methods (``lightning_internals.CHECKPOINT_METHODS``).
     """
@@ -78,6 +79,13 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if self.validation_interval is not None and (
                 self._saved_at is None or time.monotonic() - self._saved_at >= self.validation_interval.total_seconds()):
+            self._save_now(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args)
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            # The last step of trainer.max_steps, saved while its epoch is still open: once training
+            # ends, Lightning counts that epoch as completed, and a run resumed to train on would skip its rest.
             self._save_now(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

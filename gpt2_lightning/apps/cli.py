@@ -25,6 +25,7 @@ VERBS = {
     "plot": ("plot", "draw a run's losses into loss.png"),
     "serve": ("serve", "OpenAI-compatible HTTP API and web chat page"),
     "export": ("export", "write a model for Hugging Face transformers, llama.cpp (GGUF) or Ollama"),
+    "compare": ("compare", "rank runs (or a sweep's runs) by val loss, test loss, ROUGE-L, judge, training time"),
     "prefs": ("prefs", "make DPO preferences from SFT data: the reference answer chosen, the run's own rejected"),
 }
 

@@ -213,7 +213,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
         best = best_checkpoint(trainer)
         if trainer.is_global_zero:
             remove_other_best_checkpoints(run_dir, best)
-            progress.finish_training(run_dir, trainer.global_step, completed_epochs(trainer), cfg.trainer, best)
+            progress.finish_training(run_dir, trainer.global_step, completed_epochs(trainer), cfg.trainer, best,
+                                     tuner.training_seconds)
     else:
         best = progress.best(run_dir) if progress.trained else best_checkpoint(trainer)
     test = cfg.test and "test" not in progress.done

@@ -33,8 +33,9 @@ class Best:
 @dataclass
 class Progress:
     trained: dict | None = None
-    """After training: ``global_step``, ``epochs``, the limits (``max_steps``, ``max_epochs``) and
-    the best checkpoint (``best_checkpoint``, ``best_score``, ``monitor``)."""
+    """After training: ``global_step``, ``epochs``, ``seconds`` (in training steps, every part of
+    a resumed run), the limits (``max_steps``, ``max_epochs``) and the best checkpoint
+    (``best_checkpoint``, ``best_score``, ``monitor``)."""
     done: list[str] = field(default_factory=list)
     """The stages after training that finished."""
     metrics: dict[str, float] = field(default_factory=dict)
@@ -67,8 +68,10 @@ class Progress:
         path = run.checkpoints / self.trained["best_checkpoint"]
         return Best(path, self.trained["best_score"], self.trained["monitor"]) if path.is_file() else None
 
-    def finish_training(self, run: Run, global_step: int, epochs: int, trainer: DictConfig, best: Best | None) -> None:
-        self.trained = {"global_step": global_step, "epochs": epochs, "max_steps": trainer.get("max_steps", -1),
+    def finish_training(self, run: Run, global_step: int, epochs: int, trainer: DictConfig, best: Best | None,
+                        seconds: float) -> None:
+        self.trained = {"global_step": global_step, "epochs": epochs, "seconds": seconds,
+                        "max_steps": trainer.get("max_steps", -1),
                         "max_epochs": trainer.get("max_epochs"),
                         "best_checkpoint": best.path.name if best else None,
                         "best_score": best.score if best else None, "monitor": best.monitor if best else None}

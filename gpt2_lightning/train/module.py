@@ -76,6 +76,8 @@ class InstructionTuner(L.LightningModule):
         self.test_loss = MeanMetric()
         self.tokens_seen = 0
         self.scored_tokens_seen = 0
+        self.training_seconds = 0.0
+        """Time in training steps, over every part of a resumed run (validation not counted)."""
         self._step_started = 0.0
         self._scored_in_step = torch.zeros(())
         self._rng_state_to_restore: torch.Tensor | None = None
@@ -135,6 +137,7 @@ class InstructionTuner(L.LightningModule):
         self.tokens_seen += tokens
         self.scored_tokens_seen += scored
         elapsed = max(time.perf_counter() - self._step_started, 1e-9)
+        self.training_seconds += elapsed
         self.log_dict({"tokens_seen": float(self.tokens_seen), "tokens_per_sec": tokens / elapsed,
                        "scored_tokens_seen": float(self.scored_tokens_seen),
                        "scored_tokens_per_sec": scored / elapsed}, on_step=True, on_epoch=False)
@@ -202,6 +205,7 @@ class InstructionTuner(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["scored_tokens_seen"] = self.scored_tokens_seen
+        checkpoint["training_seconds"] = self.training_seconds
         checkpoint["last_validated_step"] = self.last_validated_step
         # Dropout draws from torch's generator: a resumed run goes on with the same masks.
         checkpoint["torch_rng_state"] = torch.get_rng_state()
@@ -213,6 +217,7 @@ class InstructionTuner(L.LightningModule):
         self._rng_state_to_restore = checkpoint.get("torch_rng_state")
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.scored_tokens_seen = checkpoint.get("scored_tokens_seen", 0)
+        self.training_seconds = checkpoint.get("training_seconds", 0.0)
         self.last_validated_step = checkpoint.get("last_validated_step")
 
 

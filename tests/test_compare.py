@@ -5,6 +5,7 @@ import json
 import pytest
 
 from gpt2_lightning.apps.compare import find_runs, ranked
+from gpt2_lightning.export.run import Run
 from tests.conftest import REPO_ROOT, run_train_py
 from tests.test_command import gpt2
 
@@ -53,3 +54,26 @@ def test_runs_without_a_score_rank_last_and_a_folder_without_runs_is_one_line(sw
     shown = gpt2("compare", str(tmp_path), cwd=REPO_ROOT)
     assert shown.returncode == 2 and shown.stderr.strip() == f"error: {tmp_path}: holds no runs (no .hydra/config.yaml " \
         f"in it or in its folders)"
+
+
+def test_each_run_logs_its_settings_with_its_final_scores_for_tensorboards_hparams_tab(sweep):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
+
+    for job in "012":
+        run = sweep / job
+        values = [v for path in sorted((run / "tensorboard").glob("events.out.tfevents.*"))
+                  for event in EventFileLoader(str(path)).Load() for v in event.summary.value]
+        [start] = [v for v in values if v.tag == "_hparams_/session_start_info"]
+        assert start.metadata.plugin_data.plugin_name == "hparams"
+        info = plugin_data_pb2.HParamsPluginData.FromString(start.metadata.plugin_data.content).session_start_info
+        hparams = {k: v.ListFields()[0][1] for k, v in info.hparams.items()}
+        [given] = [o for o in Run(run).overrides() if o.startswith("optimizer.lr=")]
+        assert hparams["optimizer.lr"] == pytest.approx(float(given.split("=")[1]))
+        assert hparams["model"] == "tiny" and hparams["trainer.max_steps"] == 6 and "trainer.precision" in hparams
+        scores = json.loads((run / "eval.json").read_text())
+        logged = {v.tag: v.simple_value if v.HasField("simple_value") else float(tensor_util.make_ndarray(v.tensor))
+                  for v in values if v.tag.startswith("hp/")}
+        assert logged == pytest.approx({"hp/best_val_loss": scores["best_val_loss"], "hp/test_loss": scores["test_loss"],
+                                        "hp/rouge_l": scores["rouge_l"], "hp/exact_match": scores["exact_match"]})

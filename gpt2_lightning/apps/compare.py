@@ -13,8 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from gpt2_lightning.apps.progress import Progress
 from gpt2_lightning.errors import DataError
 from gpt2_lightning.export.run import Run
@@ -52,9 +50,7 @@ def row(run: Run) -> dict:
     scores = run.read_scores()
     trained = Progress.read(run).trained or {}
     judge = scores.get("judge")
-    overrides = run.path / Run.CONFIG.parent / "overrides.yaml"
-    return {"run": str(run.path), "name": run.name,
-            "overrides": [str(o) for o in OmegaConf.load(overrides)] if overrides.is_file() else [],
+    return {"run": str(run.path), "name": run.name, "overrides": run.overrides(),
             "best_val_loss": scores.get("best_val_loss", trained.get("best_score")),
             "test_loss": scores.get("test_loss"), "rouge_l": scores.get("rouge_l"),
             "exact_match": scores.get("exact_match"), "judge": judge.get("mean") if isinstance(judge, dict) else None,

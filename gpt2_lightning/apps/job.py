@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -227,6 +228,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     model = delivered_model(trainer, tuner, best)  # every process: gathering may be a collective
     if trainer.is_global_zero:
         finish_run(cfg, model, plan, datamodule, run_dir, metrics, best, progress)
+        log_hparams(trainer, cfg, run_dir, plan, {**metrics, **({f"best_{best.monitor}": best.score} if best else {})})
     return best.score if best is not None and best.monitor == cfg.optimized_metric else metrics.get(cfg.optimized_metric)
 
 
@@ -336,6 +338,33 @@ def delivered_model(trainer: L.Trainer, tuner: InstructionTuner, best: Best | No
         return merge_lora(tuner.model) if trainer.is_global_zero else None
     state = trainer.strategy.lightning_module_state_dict()
     return model_from_state_dict(tuner.model.cfg, state, "the final weights") if trainer.is_global_zero else None
+
+
+# Settings every run's HParams row shows, beside those given on its command line.
+HPARAMS = ("model.name", "model.weights", "adapter.name", "data.batch_size", "optimizer.lr", "optimizer.weight_decay",
+           "optimizer.schedule", "trainer.max_epochs", "trainer.max_steps", "dpo.beta", "dpo.loss_type")
+HP_METRICS = ("best_val_loss", "test_loss", "rouge_l", "exact_match")
+
+
+def log_hparams(trainer: L.Trainer, cfg: DictConfig, run_dir: Run, plan: ExecutionPlan, metrics: dict) -> None:
+    """The run's settings beside its final scores (``hp/best_val_loss``, ``hp/test_loss``,
+    ``hp/rouge_l``, ...), for TensorBoard's HParams tab: runs of a sweep side by side."""
+    loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+    scores = {**metrics, **run_dir.read_scores()}
+    values = {f"hp/{k}": float(scores[k]) for k in HP_METRICS if isinstance(scores.get(k), (int, float))}
+    if not loggers or not values:
+        return
+    params = {key: OmegaConf.select(cfg, key) for key in HPARAMS}
+    for override in run_dir.overrides():
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        selected = OmegaConf.select(cfg, key, default=None)
+        params[key] = value if selected is None or OmegaConf.is_config(selected) else selected
+    params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items() if v is not None}
+    params["trainer.precision"] = plan.precision
+    for logger in loggers:
+        logger.log_hyperparams(params, values)
+        logger.finalize("success")  # the writer Lightning closed after testing was opened again: close it too
 
 
 def finish_run(cfg: DictConfig, model: GPTModel, plan: ExecutionPlan, datamodule: InstructionDataModule,

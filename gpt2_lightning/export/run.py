@@ -104,6 +104,11 @@ class Run:
             model = origin.name
         return "-".join(part for part in (self.choice("experiment"), model) if part) or self.path.name
 
+    def overrides(self) -> list[str]:
+        """What the run was given on its command line (``.hydra/overrides.yaml``), none for a folder without it."""
+        path = self.path / self.CONFIG.parent / "overrides.yaml"
+        return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+
     def choice(self, group: str) -> str | None:
         """The config group's choice the run was composed with (``experiment``: ``quickstart``), if any."""
         hydra = self.path / self.CONFIG.parent / "hydra.yaml"

@@ -25,7 +25,7 @@ def test_help_lists_every_verb():
     result = gpt2("--help")
     assert result.returncode == 0
     listed = re.findall(r"^    (\w+) ", result.stdout, re.M)
-    assert listed == ["train", "chat", "respond", "eval", "plot", "serve", "export", "compare", "prefs"]
+    assert listed == ["train", "chat", "respond", "eval", "plot", "report", "serve", "export", "compare", "prefs"]
 
 
 def test_train_help_is_hydras_with_the_verbs_own_words():

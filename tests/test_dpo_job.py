@@ -1,5 +1,6 @@
 """``experiment=dpo``: preference tuning as one more stage of the training job, after an SFT run."""
 
+import html
 import json
 import math
 import signal
@@ -26,7 +27,9 @@ DPO = ("experiment=dpo-quickstart", "trainer=cpu", "trainer.enable_model_summary
 def sft_run(tmp_path_factory):
     """A short SFT run of ``model=tiny`` on the sample, with its export (the DPO runs' weights)."""
     run_dir = tmp_path_factory.mktemp("sft")
-    trained = run_train_py(*TINY_RUN, "export=true", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}")
+    settings = [a for a in TINY_RUN if a != "respond=false"]
+    trained = run_train_py(*settings, "export=true", "trainer.max_epochs=2", "generation.max_new_tokens=8",
+                           f"hydra.run.dir={run_dir}")
     assert trained.returncode == 0, trained.stderr[-2000:]
     return run_dir
 
@@ -53,6 +56,11 @@ def test_dpo_from_an_sft_run_starts_at_ln_2_the_val_margin_rises_and_the_run_ans
     responses = json.loads((run_dir / "responses.json").read_text())
     assert all({"chosen", "rejected", "model_response"} <= set(r) for r in responses)
     assert Run(run_dir).reference_logprobs.is_file() and (run_dir / "loss.png").is_file()
+    # The report shows the SFT run's answers beside the DPO run's, record by record.
+    page = (run_dir / "report.html").read_text()
+    assert "answer before (the run it started from)" in page
+    for record in json.loads((sft_run / "responses.json").read_text()):
+        assert html.escape(record["model_response"]) in page
     # The style and shape came from the SFT run's weights.
     assert json.loads((run_dir / "export" / "config.json").read_text())["model"]["emb_dim"] == 64
 

@@ -23,6 +23,7 @@ VERBS = {
     "respond": ("respond", "answer a run's test split or your instructions into JSON"),
     "eval": ("evaluate", "score a responses.json (exact match, ROUGE-L, optional LLM judge)"),
     "plot": ("plot", "draw a run's losses into loss.png"),
+    "report": ("report", "write a run's report.html again: settings, losses, scores, every answer"),
     "serve": ("serve", "OpenAI-compatible HTTP API and web chat page"),
     "export": ("export", "write a model for Hugging Face transformers, llama.cpp (GGUF) or Ollama"),
     "compare": ("compare", "rank runs (or a sweep's runs) by val loss, test loss, ROUGE-L, judge, training time"),

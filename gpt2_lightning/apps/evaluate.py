@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gpt2_lightning.errors import DataError
 from gpt2_lightning.evaluate.judge import Judge
+from gpt2_lightning.evaluate.report import write_report
 from gpt2_lightning.evaluate.scores import read_responses, score_responses
 from gpt2_lightning.export.run import Run
 from gpt2_lightning.fetch import sha256_of
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in scores.items() if k != "judge"}, indent=2))
     if judge:
         print(f"judge ({judge['model']}) mean score: {judge['mean']}")
+    run = Run.of(args.responses)
+    if run is not None and out == run.scores and run.report.is_file():
+        write_report(run.path)  # the report shows these scores, not the ones before
 
 
 def read_scores(path: Path) -> dict:

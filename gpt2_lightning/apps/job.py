@@ -28,6 +28,7 @@ from gpt2_lightning.data.prompts import DEFAULT_STYLE
 from gpt2_lightning.devices import check_trainer
 from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.evaluate.plot import plot_losses, read_scalars
+from gpt2_lightning.evaluate.report import write_report
 from gpt2_lightning.evaluate.scores import score_responses
 from gpt2_lightning.export.folder import export_model
 from gpt2_lightning.export.load import load_model, prompt_style_of, weights_source
@@ -369,8 +370,8 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, run_dir: Run, plan: Executi
 
 def finish_run(cfg: DictConfig, model: GPTModel, plan: ExecutionPlan, datamodule: InstructionDataModule,
                run_dir: Run, metrics: dict[str, float], best: Best | None, progress: Progress) -> None:
-    """Export, answer the test split, score and plot: the run directory's deliverables, each
-    stage not done already (``progress``)."""
+    """Export, answer the test split, score, plot and report: the run directory's deliverables,
+    each stage not done already (``progress``)."""
     style = datamodule.prompt_style
     if cfg.export and "export" not in progress.done:
         export_model(model, run_dir.export, style)
@@ -397,5 +398,8 @@ def finish_run(cfg: DictConfig, model: GPTModel, plan: ExecutionPlan, datamodule
         else:
             log.warning("no loss plot: no train_loss was logged (the run trained fewer steps than "
                         "trainer.log_every_n_steps=%s)", cfg.trainer.log_every_n_steps)
+    if cfg.report and "report" not in progress.done:
+        log.info("report: %s", write_report(run_dir.path))
+        progress.finish(run_dir, "report")
 
 

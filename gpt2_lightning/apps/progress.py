@@ -3,7 +3,7 @@ the run does what is left of it and nothing again.
 
 Training counts as finished when ``trainer.fit`` returned (not when it was interrupted), under
 the step and epoch limits it had then: a later ``trainer.max_epochs`` or ``trainer.max_steps``
-beyond them trains on. The stages after training (test, export, respond, plot) each count once
+beyond them trains on. The stages after training (test, export, respond, plot, report) each count once
 they are done, and the best checkpoint that training chose is kept with them, so that a run
 killed during its last stages resumes those alone, with the best checkpoint it had.
 """
@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from gpt2_lightning.export.run import Run
 from gpt2_lightning.io import read_json, write_json
 
-STAGES = ("test", "export", "respond", "plot")
+STAGES = ("test", "export", "respond", "plot", "report")
 
 
 @dataclass(frozen=True)

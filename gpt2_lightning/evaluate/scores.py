@@ -67,9 +67,11 @@ def read_responses(path: Path) -> list[dict]:
         raise DataError(f"{path}: not a JSON file ({err})") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON array of records")
-    for index, record in enumerate(records):
-        for field in ("messages" if isinstance(record, dict) and "messages" in record else "output", "model_response"):
+    for number, record in enumerate(records, start=1):
+        answer = "chosen" if isinstance(record, dict) and "chosen" in record else "output"
+        for field in ("messages" if isinstance(record, dict) and "messages" in record and answer == "output" else answer,
+                      "model_response"):
             if not isinstance(record, dict) or not isinstance(record.get(field), str if field != "messages" else list):
-                raise DataError(f"{path}: record {index}: field '{field}' missing or not a string")
+                raise DataError(f"{path}: record {number}: field '{field}' missing or not a string")
     return records
 

@@ -68,6 +68,7 @@ class Run:
     plan = _Path(PLAN_FILE, "the execution plan the run trained by")
     tensorboard = _Path("tensorboard")
     loss_plot = _Path("loss.png")
+    report = _Path("report.html", "the run on one page: settings, losses, scores, every answer")
     log = _Path("train.log")
     progress = _Path("progress.json", "what the training job has finished (see apps/progress.py)")
     reference_logprobs = _Path("reference-logprobs.npz", "preference tuning: the reference model's log-probabilities")

@@ -229,7 +229,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     model = delivered_model(trainer, tuner, best)  # every process: gathering may be a collective
     if trainer.is_global_zero:
         finish_run(cfg, model, plan, datamodule, run_dir, metrics, best, progress)
-        log_hparams(trainer, cfg, run_dir, plan, {**metrics, **({f"best_{best.monitor}": best.score} if best else {})})
+        if train:  # once, as the run trains: a resume that only finishes its last stages leaves TensorBoard as it was
+            log_hparams(trainer, cfg, run_dir, plan, {**metrics, **({f"best_{best.monitor}": best.score} if best else {})})
     return best.score if best is not None and best.monitor == cfg.optimized_metric else metrics.get(cfg.optimized_metric)
 
 

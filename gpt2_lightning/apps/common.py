@@ -126,3 +126,8 @@ def survive_a_closed_console() -> None:
 def escaped(path: Path) -> str:
     """``path`` inside a single-quoted Hydra override value."""
     return str(path).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def override_key(override: str) -> str:
+    """``+trainer.max_epochs=3`` -> ``trainer.max_epochs``."""
+    return override.split("=", 1)[0].lstrip("+~")

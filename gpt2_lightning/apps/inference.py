@@ -1,14 +1,16 @@
-"""The model a generating verb (chat, respond, serve) works with: the options that name it, and
-loading it on its device, in its dtype, with its prompt style."""
+"""The model a generating verb (chat, respond, prefs, serve) works with: the options that name it,
+and loading it on its device, in its dtype, with its prompt style."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from gpt2_lightning.data.prompts import PromptStyle, get_style
 from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.placement import placed_for_generation
+from gpt2_lightning.generation.respond import DEFAULT_PARAMS, respond
 from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.model.gpt import GPTModel
 
@@ -51,3 +53,18 @@ def model_for_generation(args: argparse.Namespace) -> tuple[GPTModel, PromptStyl
     model, meta = load_model(args.model)
     model = placed_for_generation(model, device=args.device, dtype=args.dtype)
     return model, get_style(args.style or meta["prompt_style"])
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, the sampling (greedy by default) and the batch size of the verbs that answer
+    many records into a file (respond, prefs)."""
+    add_model_arguments(parser)
+    add_sampling_arguments(parser, DEFAULT_PARAMS)
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts answered together (default: %(default)s)")
+
+
+def answer_into(args: argparse.Namespace, records: list[dict], out: Path) -> list[dict]:
+    """``records`` answered by the model of ``args`` with its sampling settings, into ``out``
+    (resumed where an earlier answer of the same settings stopped)."""
+    model, style = model_for_generation(args)
+    return respond(model, records, out, style, sampling_params(args), args.batch_size)

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gpt2_lightning.apps.common import escaped
+from gpt2_lightning.apps.common import escaped, override_key
 from gpt2_lightning.apps.progress import STAGES, Best, Progress
 from gpt2_lightning.backends import ExecutionPlan, training_device, training_plan
 from gpt2_lightning.backends.cpu.allocator import keep_freed_memory
@@ -358,8 +358,7 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, run_dir: Run, plan: Executi
         return
     params = {key: OmegaConf.select(cfg, key) for key in HPARAMS}
     for override in run_dir.overrides():
-        key, _, value = override.partition("=")
-        key = key.lstrip("+~")
+        key, value = override_key(override), override.partition("=")[2]
         selected = OmegaConf.select(cfg, key, default=None)
         params[key] = value if selected is None or OmegaConf.is_config(selected) else selected
     params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items() if v is not None}

@@ -11,26 +11,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gpt2_lightning.apps.inference import (
-    add_model_arguments,
-    add_sampling_arguments,
-    model_for_generation,
-    sampling_params,
-)
+from gpt2_lightning.apps.inference import add_batch_arguments, answer_into
 from gpt2_lightning.data.records import Record, load_records, reference_answer
 from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.export.run import Run
-from gpt2_lightning.generation.respond import DEFAULT_PARAMS, respond
 from gpt2_lightning.io import write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+    add_batch_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="the preference file to write (JSON)")
     parser.add_argument("--records", type=Path, help="SFT records to answer instead of the run's training split")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
-    add_sampling_arguments(parser, DEFAULT_PARAMS)
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts answered together (default: %(default)s)")
 
 
 def preference_of(record: Record) -> Record | None:
@@ -49,9 +41,8 @@ def run(args: argparse.Namespace) -> None:
     if args.out.exists() and not args.force:
         raise ConfigError(f"{args.out} exists; give another --out, or --force to replace it")
     records = load_records(args.records) if args.records else Run(args.model).split_records("train")
-    model, style = model_for_generation(args)
     answers = args.out.with_name(f"{args.out.stem}-answers.json")
-    answered = respond(model, records, answers, style, sampling_params(args), args.batch_size)
+    answered = answer_into(args, records, answers)
     preferences = [p for p in map(preference_of, answered) if p is not None]
     write_json(args.out, preferences)
     print(f"{len(preferences)} preferences in {args.out} ({len(answered) - len(preferences)} of {len(answered)} "

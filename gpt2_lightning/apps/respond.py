@@ -9,24 +9,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gpt2_lightning.apps.inference import (
-    add_model_arguments,
-    add_sampling_arguments,
-    model_for_generation,
-    sampling_params,
-)
+from gpt2_lightning.apps.inference import add_batch_arguments, answer_into
 from gpt2_lightning.export.run import Run
-from gpt2_lightning.generation.respond import DEFAULT_PARAMS, read_instructions, respond
+from gpt2_lightning.generation.respond import read_instructions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+    add_batch_arguments(parser)
     parser.add_argument("--records", type=Path, help="JSON/JSONL records, or a text file with one instruction "
                         "per line")
     parser.add_argument("--out", type=Path, help="output JSON (default: <run>/responses.json, or "
                         "<records>-responses.json)")
-    add_sampling_arguments(parser, DEFAULT_PARAMS)
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts answered together (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -37,6 +30,5 @@ def run(args: argparse.Namespace) -> None:
     else:
         records = read_instructions(args.records)
         out = args.out or args.records.with_name(f"{args.records.stem}-responses.json")
-    model, style = model_for_generation(args)
-    answered = respond(model, records, out, style, sampling_params(args), args.batch_size)
+    answered = answer_into(args, records, out)
     print(f"{len(answered)} responses in {out}")

@@ -22,7 +22,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gpt2_lightning.apps.common import escaped, exit_on_user_error, survive_a_closed_console
+from gpt2_lightning.apps.common import escaped, exit_on_user_error, override_key, survive_a_closed_console
 from gpt2_lightning.resources import config_dir, register_resolvers
 
 
@@ -70,11 +70,6 @@ def resume_in_its_run(args: list[str]) -> list[str]:
     given = {override_key(a) for a in args} | {"ckpt_path", "hydra.run.dir"}
     original = [o for o in OmegaConf.load(saved) if override_key(o) not in given]
     return [*original, *args, f"hydra.run.dir='{escaped(run_dir)}'"]
-
-
-def override_key(override: str) -> str:
-    """``+trainer.max_epochs=3`` -> ``trainer.max_epochs``."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _job(cfg: DictConfig) -> float | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from gpt2_lightning.data.records import reference_answer
 from gpt2_lightning.evaluate.plot import loss_figure, plt, read_scalars
 from gpt2_lightning.evaluate.scores import rouge_l
+from gpt2_lightning.export.card import RunSummary
 from gpt2_lightning.export.run import Run
 from gpt2_lightning.io import atomic_write, read_json
 
@@ -42,12 +43,12 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     earlier = _earlier_answers(run)
     rows = []
     for index, record in enumerate(records if isinstance(records, list) else []):
-        answer, expected = record.get("model_response", ""), reference_answer(record)
-        cells = {"#": index + 1, "asked": asked(record), "expected": expected, "answer": answer,
+        question, answer, expected = asked(record), record.get("model_response", ""), reference_answer(record)
+        cells = {"#": index + 1, "asked": question, "expected": expected, "answer": answer,
                  "ROUGE-L": round(rouge_l(answer, expected), 4),
                  "judge": judged[index] if index < len(judged) else None}
         if earlier:
-            cells["before"] = earlier.get(asked(record))
+            cells["before"] = earlier.get(question)
         rows.append(cells)
     page = _page(run, scores, rows, _loss_plot(run), bool(earlier))
     with atomic_write(run.report) as f:
@@ -57,45 +58,43 @@ def write_report(run_dir: str | os.PathLike) -> Path:
 
 def _earlier_answers(run: Run) -> dict[str, str]:
     """The answers of the run this one started from (``model.weights``), by what was asked."""
-    weights = run.config.model.get("weights") if run.config is not None and "model" in run.config else None
-    origin = Run.of(weights) if weights else None
-    if origin is None or origin == run:
+    if run.origin is None:
         return {}
-    records = read_json(origin.responses, missing=[], invalid=[])
+    records = read_json(run.origin.responses, missing=[], invalid=[])
     return {asked(r): r.get("model_response", "") for r in records if isinstance(r, dict)} \
         if isinstance(records, list) else {}
 
 
 def _loss_plot(run: Run) -> str | None:
-    """The loss curves as a PNG data URI (the page needs no file beside it)."""
-    if not run.tensorboard.is_dir():
-        return None
-    scalars = read_scalars(run.tensorboard)
-    if "train_loss" not in scalars:
-        return None
-    figure = loss_figure(scalars)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    """The loss curves as a PNG data URI (the page needs no file beside it): the run's ``loss.png``,
+    drawn here only where the run has none."""
+    if run.loss_plot.is_file():
+        png = run.loss_plot.read_bytes()
+    else:
+        scalars = read_scalars(run.tensorboard) if run.tensorboard.is_dir() else {}
+        if "train_loss" not in scalars:
+            return None
+        figure = loss_figure(scalars)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        plt.close(figure)
+        png = buffer.getvalue()
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def _settings(run: Run) -> dict[str, str]:
-    from omegaconf import OmegaConf
-
+    """The main settings the run was composed with, and the precision that ran."""
     if run.config is None:
         return {}
+    summary = RunSummary(run.config, plan=run.execution_plan())
     found = {}
     for key in SETTINGS:
-        if key == "model.name" and OmegaConf.select(run.config, "model.weights", default=None):
-            continue  # the model is the weights', whatever shape the name has
-        value = OmegaConf.select(run.config, key, default=None, throw_on_resolution_failure=False)
-        if value is not None:
-            found[key] = json.dumps(OmegaConf.to_container(value, resolve=True)) if OmegaConf.is_config(value) \
-                else str(value)
-    plan = run.execution_plan()
-    if plan is not None:
-        found["precision that ran"] = plan.precision or ""
+        value = summary.get(key)
+        if value is None or (key == "model.name" and summary.get("model.weights")):
+            continue  # the model of given weights is theirs, whatever shape the name has
+        found[key] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    if summary.plan is not None:
+        found["precision that ran"] = summary.plan.precision or ""
     return found
 
 

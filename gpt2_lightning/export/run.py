@@ -98,12 +98,17 @@ class Run:
         """What the run is, in a few words: its experiment and model (``quickstart-mini``), else
         its folder's name. A run that started from another run's weights (DPO after SFT) names that
         run in place of the model (``dpo-quickstart-quickstart-mini``)."""
-        model_cfg = self.config.model if self.config is not None and "model" in self.config else {}
-        model = model_cfg.get("name")
-        origin = Run.of(model_cfg.weights) if model_cfg.get("weights") else None
-        if origin is not None and origin != self:
-            model = origin.name
+        model = self.config.model.get("name") if self.config is not None and "model" in self.config else None
+        if self.origin is not None:
+            model = self.origin.name
         return "-".join(part for part in (self.choice("experiment"), model) if part) or self.path.name
+
+    @property
+    def origin(self) -> Run | None:
+        """The run whose weights this run started from (``model.weights`` inside another run), if any."""
+        weights = self.config.model.get("weights") if self.config is not None and "model" in self.config else None
+        origin = Run.of(weights) if weights else None
+        return origin if origin != self else None
 
     def overrides(self) -> list[str]:
         """What the run was given on its command line (``.hydra/overrides.yaml``), none for a folder without it."""

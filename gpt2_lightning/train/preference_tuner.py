@@ -71,17 +71,10 @@ class PreferenceTuner(InstructionTuner):
         input_ids, targets = batch["input_ids"], batch["targets"]
         logps, sums, counts = self._logprobs(input_ids, targets)
         pairs = len(input_ids) // 2
-        if "reference_logps" in batch:
-            reference = batch["reference_logps"].to(logps.dtype)
-        elif hp.adapter and hp.loss_type != "simpo":
-            with torch.no_grad(), adapters_disabled(self.model):
-                reference = self._logprobs(input_ids, targets)[0]
-        elif hp.loss_type != "simpo":
-            raise RuntimeError("a preference batch without the reference's log-probabilities (reference_logps)")
-        else:
-            reference = None
+        reference_chosen, reference_rejected = self._reference(batch).to(logps.dtype).chunk(2) \
+            if hp.loss_type != "simpo" else (None, None)
         loss, chosen, rejected = preference_loss(
-            logps[:pairs], logps[pairs:], *((reference[:pairs], reference[pairs:]) if reference is not None else ()),
+            logps[:pairs], logps[pairs:], reference_chosen, reference_rejected,
             beta=hp.beta, loss_type=hp.loss_type, label_smoothing=hp.label_smoothing, gamma=hp.gamma)
         if hp.sft_weight:  # the chosen answers' mean token cross-entropy, as the SFT loss has it
             loss = loss + hp.sft_weight * -sums[:pairs].sum() / counts[:pairs].sum().clamp(min=1)
@@ -90,6 +83,15 @@ class PreferenceTuner(InstructionTuner):
                              "rewards_accuracy": (chosen > rejected).float().mean(),
                              "logps_chosen": logps[:pairs].detach().mean(), "logps_rejected": logps[pairs:].detach().mean()}
         return loss, torch.tensor(pairs, device=loss.device), counts.sum()
+
+    def _reference(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The reference's log-probability of each row: LoRA's base (the adapters off), else precomputed."""
+        if not self.needs_reference:
+            with torch.no_grad(), adapters_disabled(self.model):
+                return self._logprobs(batch["input_ids"], batch["targets"])[0]
+        if "reference_logps" not in batch:
+            raise RuntimeError("a preference batch without the reference's log-probabilities (reference_logps)")
+        return batch["reference_logps"]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)

@@ -71,16 +71,17 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: torch.Tens
     """``F.cross_entropy(logits.float(), targets, reduction="sum") / count`` for CPU ``logits
     [N, V]``, ``chunk_rows`` rows at a time (default: ``CHUNK_ELEMENTS`` logits a chunk);
     with ``per_row``, each row's cross-entropy ``[N]`` (``reduction="none"``)."""
-    count = 1 if per_row else len(targets) if count is None else count
+    count = None if per_row else len(targets) if count is None else count
     if chunk_rows is None:
         chunk_rows = max(1, CHUNK_ELEMENTS // logits.shape[-1])
-    return _ChunkedCrossEntropy.apply(logits, targets, count, chunk_rows, per_row)
+    return _ChunkedCrossEntropy.apply(logits, targets, count, chunk_rows)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor | int,
-                chunk_rows: int, per_row: bool) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor | int | None,
+                chunk_rows: int) -> torch.Tensor:
+        """Summed cross-entropy / ``count``; with ``count=None``, each row's cross-entropy."""
         losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
         minus_one = torch.full((chunk_rows, 1), -1.0, device=logits.device)
@@ -93,18 +94,20 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             if grad is not None:  # d loss / d logits = (softmax - one_hot(target)) / count
                 fp32 = grad.dtype == torch.float32  # then written in place, else through the copy
                 probs = torch.sub(chunk, log_norm, out=grad[rows] if fp32 else chunk).exp_()
-                probs.scatter_add_(1, target, minus_one[:len(target)]).div_(count)
+                probs.scatter_add_(1, target, minus_one[:len(target)])
+                if count is not None:  # per row: each row's own gradient, undivided
+                    probs.div_(count)
                 if not fp32:
                     grad[rows] = probs
         ctx.save_for_backward(grad)
-        ctx.per_row = per_row
-        return losses if per_row else losses.sum() / count
+        ctx.per_row = count is None
+        return losses if ctx.per_row else losses.sum() / count
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (grad,) = ctx.saved_tensors
         if ctx.per_row:
-            return grad * grad_output.unsqueeze(1).to(grad.dtype), None, None, None, None
+            return grad * grad_output.unsqueeze(1).to(grad.dtype), None, None, None
         if grad_output.item() == 1.0:  # loss.backward() itself: no pass over the logits (no wait on a CPU)
-            return grad, None, None, None, None
-        return grad * grad_output, None, None, None, None
+            return grad, None, None, None
+        return grad * grad_output, None, None, None

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from gpt2_lightning.generation.sampling import SamplingParams, generate, sample_next, stream_tokens
+from gpt2_lightning.generation.sampling import SamplingParams, adjusted_logits, generate, sample_next, stream_tokens
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
 from gpt2_lightning.model.pretrained import convert_hf_state_dict, load_state_dict_checked
 from tests.hf_reference import hf_gpt2
@@ -81,6 +81,19 @@ def test_sampling_params_refuse_settings_out_of_range():
     seeded = SamplingParams(temperature=1.0, seed=3)
     assert torch.equal(torch.rand(4, generator=seeded.generator("cpu", 1)),
                        torch.rand(4, generator=torch.Generator().manual_seed(4)))
+
+
+def test_penalties_and_biases_reshape_the_logits_as_openai_and_transformers_define_them():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0, 1.0]])
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
+    # token 3 twice, token 2 once in the answer: presence once each, frequency per time
+    assert adjusted_logits(logits, params, [0], [3, 2, 3], eos_id=4).tolist() == [[2.0, -1.0, -0.25, 2.0, 1.0]]
+    repetition = SamplingParams(repetition_penalty=2.0)
+    assert adjusted_logits(logits, repetition, [0, 1], [3], eos_id=4).tolist() == [[1.0, -2.0, 0.5, 1.5, 1.0]]
+    biased = SamplingParams(logit_bias={2: -100.0}, min_new_tokens=2)
+    assert adjusted_logits(logits, biased, [0], [1], eos_id=4).tolist() == [[2.0, -1.0, -99.5, 3.0, float("-inf")]]
+    assert adjusted_logits(logits, biased, [0], [1, 1], eos_id=4)[0, 4] == 1.0
+    assert not SamplingParams().reshapes_logits and biased.reshapes_logits
 
 
 def test_stream_yields_one_token_at_a_time(pair):

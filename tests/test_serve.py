@@ -1,16 +1,12 @@
 """The OpenAI-compatible server, started for real on 127.0.0.1."""
 
-import contextlib
 import shutil
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 import torch
-import uvicorn
 from openai import OpenAI
 
 from gpt2_lightning.apps.serve import create_app
@@ -19,27 +15,7 @@ from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.respond import answer_batch
 from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
-
-
-@contextlib.contextmanager
-def serving(app):
-    """``app`` served by uvicorn on a free port of 127.0.0.1; yields its URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if requests.get(f"{url}/health", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    yield url
-    uv.should_exit = True
-    thread.join(timeout=10)
+from tests.serving import serving
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ VERBS = {
                        "(Hydra overrides: gpt2 train --help)"),
     "chat": ("chat", "talk to a model in the terminal, or answer one --prompt"),
     "respond": ("respond", "answer a run's test split or your instructions into JSON"),
-    "eval": ("evaluate", "score a responses.json (exact match, ROUGE-L, optional LLM judge)"),
+    "eval": ("evaluate", "score a responses.json (exact match, ROUGE-L, optional LLM judge), or run "
+             "lm-evaluation-harness benchmarks (--tasks)"),
     "plot": ("plot", "draw a run's losses into loss.png"),
     "report": ("report", "write a run's report.html again: settings, losses, scores, every answer"),
     "serve": ("serve", "OpenAI-compatible HTTP API and web chat page"),

@@ -54,7 +54,7 @@ def row(run: Run) -> dict:
             "best_val_loss": scores.get("best_val_loss", trained.get("best_score")),
             "test_loss": scores.get("test_loss"), "rouge_l": scores.get("rouge_l"),
             "exact_match": scores.get("exact_match"), "judge": judge.get("mean") if isinstance(judge, dict) else None,
-            "train_seconds": trained.get("seconds")}
+            "train_seconds": trained.get("seconds"), "benchmarks": run.benchmark_scores()}
 
 
 def ranked(rows: list[dict], column: str) -> list[dict]:
@@ -68,9 +68,11 @@ def ranked(rows: list[dict], column: str) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """The rows as text: the overrides all runs share once, then one ranked line per run."""
     shared = set.intersection(*(set(r["overrides"]) for r in rows)) if rows else set()
-    header = ["#", "run", "overrides", *(heading for heading, _ in COLUMNS.values())]
+    benchmarks = sorted({name for r in rows for name in r["benchmarks"]})
+    header = ["#", "run", "overrides", *(heading for heading, _ in COLUMNS.values()), *benchmarks]
     lines = [[str(rank), r["run"], " ".join(o for o in r["overrides"] if o not in shared) or "-",
-              *(_number(r[column]) for column in COLUMNS)] for rank, r in enumerate(rows, start=1)]
+              *(_number(r[column]) for column in COLUMNS), *(_number(r["benchmarks"].get(b)) for b in benchmarks)]
+             for rank, r in enumerate(rows, start=1)]
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
     text = [f"all runs: {' '.join(o for o in rows[0]['overrides'] if o in shared)}"] if shared else []
     text += ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip() for cells in [header, *lines]]

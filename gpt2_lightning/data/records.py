@@ -214,28 +214,29 @@ def validate_conversation(item, path: Path | str, number: int, fmt: str, key: st
     return {"messages": messages, **{k: v for k, v in item.items() if k != key}}
 
 
-def chat_prompt(messages: Sequence[Mapping[str, str]], style) -> str:
+def chat_prompt(messages: Sequence[Mapping[str, str]], style, empty_answers: bool = False) -> str:
     """The prompt text of a conversation that ends with the user's turn (a chat request) in
     ``style``: developer messages count as system ones, tool messages are left out; a
-    ``DataError`` names the turn that does not fit."""
+    ``DataError`` names the turn that does not fit. ``empty_answers``: an earlier answer may be
+    empty (a model can give one)."""
     conversation = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
                     for m in messages if m["role"] in ("system", "developer", "user", "assistant")]
-    check_messages(conversation, "messages", answered=False)
+    check_messages(conversation, "messages", answered=False, empty_answers=empty_answers)
     return style.render(conversation)
 
 
 def check_messages(messages: Sequence[dict], where: str, role_key: str = "role", content_key: str = "content",
-                   answered: bool = True) -> None:
+                   answered: bool = True, empty_answers: bool = False) -> None:
     """A conversation is system messages first, then user and assistant turns in turn,
-    starting with the user, no turn empty; ``answered``: it ends with an answer (training
-    data), else with the user's turn (a prompt)."""
+    starting with the user, no turn empty (but answers, with ``empty_answers``); ``answered``:
+    it ends with an answer (training data), else with the user's turn (a prompt)."""
     if not messages:
         raise DataError(f"{where}: the conversation is empty")
     expected = "user"
     for index, message in enumerate(messages):
         at = f"{where}, turn {index + 1}"  # counted from 1, as records are
         role = message["role"]
-        if not message["content"].strip():
+        if not message["content"].strip() and not (empty_answers and role == "assistant"):
             raise DataError(f"{at}: field '{content_key}' is empty")
         if role == "system":
             if index and messages[index - 1]["role"] != "system":

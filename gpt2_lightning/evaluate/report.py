@@ -103,6 +103,7 @@ def _page(run: Run, scores: dict, rows: list[dict], plot: str | None, before: bo
     numbers = {k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if isinstance(scores.get("judge"), dict) and scores["judge"].get("mean") is not None:
         numbers["judge mean"] = scores["judge"]["mean"]
+    numbers.update(run.benchmark_scores())
     columns = ["#", "asked", "expected", "answer", *(["before"] if before else []), "ROUGE-L", "judge"]
     headings = {"before": "answer before (the run it started from)"}
     head = "".join(f'<th data-column="{i}" data-numeric="{int(c in ("#", "ROUGE-L", "judge"))}">'

@@ -65,6 +65,7 @@ class Run:
     test_split = _Path("test-split.json", "the run's test records, as it split them")
     responses = _Path("responses.json", "the test records with the model's answers")
     scores = _Path("eval.json", "test loss, exact match, ROUGE-L, the judge's")
+    benchmarks = _Path("benchmarks.json", "lm-evaluation-harness results (gpt2 eval --tasks)")
     plan = _Path(PLAN_FILE, "the execution plan the run trained by")
     tensorboard = _Path("tensorboard")
     loss_plot = _Path("loss.png")
@@ -127,6 +128,11 @@ class Run:
         scores = read_json(self.scores, missing={}, invalid={})
         return scores if isinstance(scores, dict) else {}
 
+    def benchmark_scores(self) -> dict[str, float]:
+        """Each benchmark score in ``benchmarks.json``, as ``"task metric"`` (``"hellaswag acc_norm"``)."""
+        results = read_json(self.benchmarks, missing={}, invalid={})
+        return benchmark_scores(results.get("results", {}) if isinstance(results, dict) else {})
+
     def execution_plan(self) -> ExecutionPlan | None:
         return ExecutionPlan.load(self.plan) if self.plan.is_file() else None
 
@@ -149,3 +155,15 @@ class Run:
         datamodule = hydra.utils.instantiate(self.config.data)
         datamodule.setup()
         return datamodule.datasets[split].records
+
+
+def benchmark_scores(results: dict) -> dict[str, float]:
+    """lm-eval's ``results`` (task -> ``{"acc,none": ..., "acc_stderr,none": ...}``) as
+    ``"task metric"`` -> score, the filter named where it is not ``none``, without the errors."""
+    scores = {}
+    for task, metrics in sorted(results.items()):
+        for key, value in (metrics.items() if isinstance(metrics, dict) else ()):
+            metric, _, kind = key.partition(",")
+            if kind and "_stderr" not in metric and isinstance(value, (int, float)) and not isinstance(value, bool):
+                scores[f"{task} {metric}" + ("" if kind == "none" else f" ({kind})")] = value
+    return scores

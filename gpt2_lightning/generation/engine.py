@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpt2_lightning.generation.sampling import SamplingParams, sample_next
+from gpt2_lightning.generation.sampling import SamplingParams, adjusted_logits, sample_next
 from gpt2_lightning.model.gpt import GPTModel, KVCache
 from gpt2_lightning.model.tokenizer import EOT_ID
 
@@ -45,14 +45,36 @@ class Generation:
     generator: torch.Generator | None = None
     deadline: float | None = None
     """``time.monotonic()`` after which the sequence ends with ``"time_limit"``."""
+    top_logprobs: int | None = None
+    """None: no log-probabilities; k: before each ``on_token``, ``logprobs`` gains the token's
+    log-probability and the k most likely tokens with theirs (the model's distribution, before
+    the sampling settings reshape it)."""
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
     n_generated: int = 0
+    answer_ids: list[int] = field(default_factory=list)
+    """The tokens generated so far (kept where the sampling settings penalise repeats)."""
     last_token: int = 0
     finish_reason: str | None = None
 
     def cancel(self) -> None:
         """End the sequence at the engine's next step."""
         self.cancelled.set()
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """A generated token's log-probability and the most likely tokens at its position."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprobs(logits: torch.Tensor, token: int, top: int) -> TokenLogprobs:
+    """``token``'s log-probability under ``logits [1, vocab]`` and the ``top`` most likely tokens."""
+    logprobs = logits.float().log_softmax(dim=-1)[0]
+    best = logprobs.topk(top) if top else None
+    return TokenLogprobs(float(logprobs[token]), tuple(zip(best.indices.tolist(), best.values.tolist())) if best else ())
 
 
 class BatchEngine:
@@ -193,8 +215,14 @@ class BatchEngine:
                 seq.finish_reason = "error"
 
     def _emit(self, seq: Generation, logits: torch.Tensor) -> None:
-        token = int(sample_next(logits, seq.params, seq.generator))
+        shaped = adjusted_logits(logits, seq.params, seq.prompt_ids, seq.answer_ids, self.eos_id) \
+            if seq.params.reshapes_logits else logits
+        token = int(sample_next(shaped, seq.params, seq.generator))
         seq.last_token = token
+        if seq.top_logprobs is not None:
+            seq.logprobs.append(token_logprobs(logits, token, seq.top_logprobs))
+        if seq.params.reshapes_logits:
+            seq.answer_ids.append(token)
         if token == self.eos_id:
             seq.finish_reason = "stop"
             return

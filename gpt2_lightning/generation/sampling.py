@@ -3,7 +3,7 @@ top-k / top-p choice of a token, and ``generate`` with a KV cache."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -29,17 +29,41 @@ class SamplingParams:
     """Seeds the sampling (reproducible answers); None: a fresh seed each time."""
     stop: tuple[str, ...] = ()
     """Strings that end the answer (not included), beside the prompt style's own."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token the answer holds already (OpenAI's)."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time the answer holds it (OpenAI's)."""
+    repetition_penalty: float = 1.0
+    """Divides the positive logits and multiplies the negative ones of every token of the prompt
+    and the answer (CTRL's, as in transformers and vLLM); 1: none."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """``(token, bias)`` pairs added to those tokens' logits (OpenAI's, -100 to 100)."""
+    min_new_tokens: int = 0
+    """End-of-text cannot come before this many tokens."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in dict(self.logit_bias).items()))
         problems = [f"{name} must be {rule}, got {value!r}" for name, value, bad, rule in (
             ("max_new_tokens", self.max_new_tokens, self.max_new_tokens < 1, "at least 1"),
             ("temperature", self.temperature, self.temperature < 0, "0 or more"),
             ("top_k", self.top_k, self.top_k is not None and self.top_k < 1, "at least 1 (or None)"),
-            ("top_p", self.top_p, self.top_p is not None and not 0 < self.top_p <= 1, "in (0, 1] (or None)"))
+            ("top_p", self.top_p, self.top_p is not None and not 0 < self.top_p <= 1, "in (0, 1] (or None)"),
+            ("presence_penalty", self.presence_penalty, not -2 <= self.presence_penalty <= 2, "in [-2, 2]"),
+            ("frequency_penalty", self.frequency_penalty, not -2 <= self.frequency_penalty <= 2, "in [-2, 2]"),
+            ("repetition_penalty", self.repetition_penalty, self.repetition_penalty <= 0, "above 0"),
+            ("logit_bias", self.logit_bias, any(not -100 <= b <= 100 for _, b in self.logit_bias),
+             "biases in [-100, 100]"),
+            ("min_new_tokens", self.min_new_tokens, self.min_new_tokens < 0, "0 or more"))
             if bad]
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def reshapes_logits(self) -> bool:
+        """Whether ``adjusted_logits`` changes anything."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+                    or self.logit_bias or self.min_new_tokens)
 
     def with_(self, **changes) -> SamplingParams:
         """A copy with ``changes`` (checked again)."""
@@ -57,6 +81,27 @@ class SamplingParams:
         else:
             generator.seed()
         return generator
+
+
+def adjusted_logits(logits: torch.Tensor, params: SamplingParams, prompt_ids: Sequence[int],
+                    answer_ids: Sequence[int], eos_id: int = EOT_ID) -> torch.Tensor:
+    """``logits [1, vocab]`` after ``params``' penalties, biases and minimum length, for the next
+    token after ``prompt_ids`` and the answer so far ``answer_ids``."""
+    logits = logits.float().clone()
+    if params.presence_penalty or params.frequency_penalty:
+        counts = torch.bincount(torch.as_tensor(list(answer_ids), dtype=torch.long, device=logits.device),
+                                minlength=logits.shape[-1])[None, :logits.shape[-1]].float()
+        logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).float()
+    if params.repetition_penalty != 1.0:
+        seen = torch.as_tensor(sorted({*prompt_ids, *answer_ids}), dtype=torch.long, device=logits.device)
+        picked = logits[0, seen]
+        logits[0, seen] = torch.where(picked > 0, picked / params.repetition_penalty,
+                                      picked * params.repetition_penalty)
+    for token, bias in params.logit_bias:
+        logits[0, token] += bias
+    if len(answer_ids) < params.min_new_tokens:
+        logits[0, eos_id] = float("-inf")
+    return logits
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -20,12 +20,14 @@ class TextStream:
     Text that might be the start of a stop string is held back until it is known not to
     be, and a piece never ends inside a multi-byte character. Once generation ends,
     ``finish_reason`` is ``"stop"`` (end-of-text or a stop string), ``"length"`` or the
-    engine's other reasons, and ``text`` / ``n_tokens`` describe the whole answer.
+    engine's other reasons, and ``text`` / ``n_tokens`` describe the whole answer. An answer's
+    leading whitespace is dropped, as chat shows it; a continuation (``answer=False``) keeps it.
     """
 
-    def __init__(self, prompt_ids: Sequence[int], stop: Sequence[str] = ()):
+    def __init__(self, prompt_ids: Sequence[int], stop: Sequence[str] = (), answer: bool = True):
         self.prompt_ids = list(prompt_ids)
         self.stop = tuple(s for s in stop if s)
+        self.answer = answer
         self.text = ""
         self.n_tokens = 0
         self.finish_reason: str | None = None
@@ -38,13 +40,18 @@ class TextStream:
             return ""
         self._ids.append(token)
         self.n_tokens = len(self._ids)
-        text, stopped = cut_at_stop(decode(self._ids).lstrip(), self.stop)
+        text, stopped = cut_at_stop(self._decoded(), self.stop)
         if stopped:
             self.finish_reason = "stop"
             return self._advance_to(text)
         if text.endswith("\ufffd"):  # half a character: wait for its other bytes
             return ""
         return self._advance_to(text[:len(text) - self._held_back(text)])
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The tokens generated so far."""
+        return self._ids
 
     def feed(self, item: int | tuple[str, str]) -> str:
         """Take what the engine sent (``generation_for``): a token, or the end and its reason."""
@@ -59,7 +66,11 @@ class TextStream:
         if self.finish_reason is not None:
             return ""
         self.finish_reason = reason
-        return self._advance_to(cut_at_stop(decode(self._ids).lstrip(), self.stop)[0])
+        return self._advance_to(cut_at_stop(self._decoded(), self.stop)[0])
+
+    def _decoded(self) -> str:
+        text = decode(self._ids)
+        return text.lstrip() if self.answer else text
 
     def _advance_to(self, text: str) -> str:
         """What ``text`` adds to the text shown so far."""

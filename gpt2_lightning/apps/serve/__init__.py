@@ -1,7 +1,9 @@
 """Serve a model over an OpenAI-compatible HTTP API, with a web chat page.
 
 POST /v1/chat/completions and POST /v1/completions (with "stream": true as server-sent
-events), GET /v1/models, GET /health, GET /metrics (Prometheus) and the chat page at /.
+events; log-probabilities, echo, n choices, prompts as token ids), GET /v1/models,
+POST /tokenize and /detokenize, GET /health, GET /metrics (Prometheus) and the chat page at /.
+With --api-key, every /v1 route and the token routes need "Authorization: Bearer <key>".
 Requests decode together (continuous batching): each joins the running batch at the next
 step and leaves it when done; when --max-queue requests wait already, a 429 says when to
 retry. A client that disconnects stops its generation.
@@ -10,13 +12,18 @@ retry. A client that disconnects stops its generation.
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
+import sys
 from pathlib import Path
 
 from gpt2_lightning.apps.inference import add_model_arguments, model_for_generation
-from gpt2_lightning.apps.serve.app import create_app
+from gpt2_lightning.apps.serve.app import MAX_REQUEST_BYTES, create_app
 from gpt2_lightning.export.run import Run
 
 __all__ = ["add_arguments", "create_app", "run", "served_name"]
+
+API_KEY_VARIABLE = "GPT2_LIGHTNING_API_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests waiting for a row; beyond, 429 with Retry-After (default: %(default)s)")
     parser.add_argument("--request-timeout", type=float, default=600.0,
                         help="seconds a request may generate; then its answer ends as it is (default: %(default)s)")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
+                        help=f"clients must send 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}; none: open)")
+    parser.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES,
+                        help="a larger request body is refused with 413 (default: %(default)s)")
+    parser.add_argument("--allowed-origins", nargs="+", metavar="ORIGIN",
+                        help="web origins whose pages may call the API (CORS; default: none)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="the server's log (default: %(default)s)")
 
@@ -55,7 +68,19 @@ def run(args: argparse.Namespace) -> None:
 
     model, style = model_for_generation(args)
     name = args.name or served_name(args.model)
+    if not args.api_key and not is_loopback(args.host):
+        print(f"warning: serving on {args.host} without an API key: anyone who reaches it can use it "
+              f"(give --api-key or set {API_KEY_VARIABLE})", file=sys.stderr, flush=True)
     app = create_app(model, style, name, args.max_new_tokens, args.max_batch_size, args.max_queue,
-                     args.request_timeout)
+                     args.request_timeout, args.api_key, args.max_request_bytes, args.allowed_origins)
     print(f"serving {name} ({style.name} prompts) on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,19 +1,21 @@
-"""The model behind the server: one ``BatchEngine`` that every request decodes on."""
+"""The model behind the server: one ``BatchEngine`` that every request decodes on, and the
+scoring of prompts for ``echo``."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
 
 from gpt2_lightning.apps.serve.metrics import Metrics
-from gpt2_lightning.apps.serve.schemas import APIError, ChatRequest, Message, SamplingRequest
+from gpt2_lightning.apps.serve.schemas import APIError, Message, SamplingRequest
 from gpt2_lightning.data.prompts import PromptStyle
 from gpt2_lightning.data.records import chat_prompt
 from gpt2_lightning.errors import DataError
+from gpt2_lightning.evaluate.likelihood import TokenScores, score_tokens
 from gpt2_lightning.generation.engine import BatchEngine, Generation, QueueFull
 from gpt2_lightning.generation.stream import GenerationFailed, TextStream, generation_for
 from gpt2_lightning.model.gpt import GPTModel
@@ -47,35 +49,77 @@ class ServedModel:
         self.metrics = Metrics(self.engine)
         self.served = 0
 
-    def chat_prompt(self, messages: list[Message]) -> str:
-        """The prompt of a chat request: its conversation in the model's prompt style."""
-        try:
-            return chat_prompt([m.model_dump() for m in messages], self.style)
-        except DataError as err:
-            raise APIError(400, str(err), "messages") from None
+    @property
+    def context_length(self) -> int:
+        return self.model.cfg.context_length
 
-    def answer(self, prompt: str, request: SamplingRequest, chat: bool) -> Answer:
-        """``request``'s answer, queued in the engine; a 429 when the queue is full."""
+    def check_model(self, request: SamplingRequest) -> None:
         if request.model is not None and request.model != self.name:
             raise APIError(404, f"the model '{request.model}' does not exist; this server has '{self.name}'",
                            "model", "model_not_found")
-        ids = encode(prompt)
-        context = self.model.cfg.context_length
-        if len(ids) >= context:
-            raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {context} tokens",
-                           "messages" if isinstance(request, ChatRequest) else "prompt")
-        params = request.sampling_params(self.default_max_tokens, context - len(ids))
-        stream = TextStream(ids, [*(self.style.stop_strings if chat else ()), *params.stop])
-        arrived: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        seq = generation_for(stream, lambda item: loop.call_soon_threadsafe(arrived.put_nowait, item), params,
-                             params.generator(next(self.model.parameters()).device),
-                             deadline=time.monotonic() + self.request_timeout if self.request_timeout else None)
+
+    async def chat_prompt_ids(self, messages: list[Message], check_length: bool = True) -> list[int]:
+        """The tokens of a chat request's prompt: its conversation in the model's prompt style
+        (rendered and tokenised off the event loop); ``check_length``: a 400 unless an answer fits after it."""
+        turns = [{"role": m.role, "content": m.text} for m in messages]
         try:
-            self.engine.submit(seq)
+            text = await asyncio.to_thread(chat_prompt, turns, self.style, empty_answers=True)
+        except DataError as err:
+            raise APIError(400, str(err), "messages") from None
+        ids = await asyncio.to_thread(encode, text)
+        return self.fitting(ids, "messages") if check_length else ids
+
+    async def prompt_ids(self, prompt: str | list[int], check_length: bool = True) -> list[int]:
+        """The tokens of a completion prompt, given as text (tokenised off the event loop) or as ids."""
+        if isinstance(prompt, str):
+            ids = await asyncio.to_thread(encode, prompt)
+            return self.fitting(ids, "prompt") if check_length else ids
+        vocab = self.model.cfg.vocab_size
+        bad = next((i for i, token in enumerate(prompt) if token >= vocab), None)
+        if bad is not None:
+            raise APIError(400, f"prompt: token {prompt[bad]} at position {bad} is not in the vocabulary "
+                           f"(ids 0 to {vocab - 1})", "prompt")
+        return self.fitting(list(prompt), "prompt") if check_length else list(prompt)
+
+    def fitting(self, ids: list[int], param: str) -> list[int]:
+        if len(ids) >= self.context_length:
+            raise APIError(400, f"{param}: the prompt is {len(ids)} tokens; this model's context is "
+                           f"{self.context_length} tokens, and the answer needs at least one", param)
+        return ids
+
+    def answers(self, ids: list[int], request: SamplingRequest, chat: bool, n: int) -> list[Answer]:
+        """``n`` answers to the prompt ``ids``, queued in the engine together; a 429 (and none
+        of them left queued) when the queue is full."""
+        params = request.sampling_params(self.default_max_tokens, self.context_length - len(ids))
+        if any(token >= self.model.cfg.vocab_size for token, _ in params.logit_bias):
+            raise APIError(400, f"logit_bias: token ids must be below {self.model.cfg.vocab_size}", "logit_bias")
+        deadline = time.monotonic() + self.request_timeout if self.request_timeout else None
+        device = next(self.model.parameters()).device
+        loop = asyncio.get_running_loop()
+        answers = []
+        for index in range(n):
+            stream = TextStream(ids, [*(self.style.stop_strings if chat else ()), *params.stop], answer=chat)
+            arrived: asyncio.Queue = asyncio.Queue()
+            # Each choice its own seed (seed + index): the same request gives the same choices.
+            seq = generation_for(stream, lambda item, queue=arrived: loop.call_soon_threadsafe(queue.put_nowait, item),
+                                 params, params.generator(device, offset=index), deadline=deadline)
+            seq.top_logprobs = request.top_logprobs_wanted
+            answers.append(Answer(stream, seq, arrived))
+        submitted = []
+        try:
+            for answer in answers:
+                submitted.append(self.engine.submit(answer.seq))
         except QueueFull as err:
+            for seq in submitted:
+                seq.cancel()
             raise APIError(429, f"the server is busy ({err}); retry shortly", kind="rate_limit_exceeded") from None
-        return Answer(stream, seq, arrived)
+        return answers
+
+    async def score(self, prompts: Sequence[list[int]], top: int) -> list[TokenScores]:
+        """Each prompt's tokens scored after its first (``echo``), off the event loop."""
+        scorable = [(ids, 1) for ids in prompts if len(ids) > 1]
+        scored = iter(await asyncio.to_thread(score_tokens, self.model, scorable, top) if scorable else [])
+        return [next(scored) if len(ids) > 1 else TokenScores([], [], []) for ids in prompts]
 
     async def pieces(self, answer: Answer, request: Request) -> AsyncIterator[str]:
         """The pieces of the answer's text as its tokens arrive. A client that disconnects,

@@ -1,0 +1,222 @@
+"""What OpenAI clients and evaluation harnesses send beyond the basics, against a real server on
+127.0.0.1: log-probabilities, echo, token-id prompts, n, seeds, token routes, keys and limits."""
+
+import json
+
+import openai
+import pytest
+import requests
+from openai import OpenAI
+
+from gpt2_lightning.apps.serve import create_app
+from gpt2_lightning.data.prompts import get_style
+from gpt2_lightning.evaluate.likelihood import score_tokens
+from gpt2_lightning.export.load import load_model
+from gpt2_lightning.model.tokenizer import decode, encode
+from tests.serving import serving
+
+KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_export):
+    model, meta = load_model(tiny_export)
+    with serving(create_app(model, get_style(meta["prompt_style"]), name="tiny", default_max_tokens=16)) as url:
+        yield url, model
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_export):
+    model, meta = load_model(tiny_export)
+    with serving(create_app(model, get_style(meta["prompt_style"]), name="tiny", api_key=KEY,
+                            max_request_bytes=10_000)) as url:
+        yield url
+
+
+def client(url, key="none"):
+    return OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def expected_scores(model, prompt_ids, answer_ids, top):
+    """The model's own log-probabilities of ``answer_ids`` after ``prompt_ids``."""
+    return score_tokens(model, [(prompt_ids + answer_ids, len(prompt_ids))], top=top)[0]
+
+
+def test_chat_logprobs_are_the_models_own_for_each_answer_token(server):
+    url, model = server
+    messages = [{"role": "user", "content": "Name a color."}]
+    reply = client(url).chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0,
+                                                logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens == 8
+    prompt_ids = requests.post(f"{url}/tokenize", json={"messages": messages}).json()["tokens"]
+    answer_ids = [encode(bytes(entry.bytes).decode("utf-8", errors="replace"))[0] for entry in content]
+    assert b"".join(bytes(entry.bytes) for entry in content).decode().lstrip() == reply.choices[0].message.content
+    expected = expected_scores(model, prompt_ids, answer_ids, top=3)
+    for entry, logprob, top in zip(content, expected.logprobs, expected.top):
+        assert entry.logprob == pytest.approx(logprob, abs=1e-4)
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx([lp for _, lp in top], abs=1e-4)
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob, abs=1e-6)  # greedy: the top token
+
+
+def test_streamed_completion_logprobs_equal_the_whole_answers(server):
+    url, _ = server
+    api = client(url)
+    whole = api.completions.create(model="tiny", prompt="The sky is", max_tokens=6, temperature=0, logprobs=2)
+    chunks = list(api.completions.create(model="tiny", prompt="The sky is", max_tokens=6, temperature=0,
+                                         logprobs=2, stream=True))
+    logprobs = whole.choices[0].logprobs
+    assert "".join(logprobs.tokens) == whole.choices[0].text
+    assert [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens] == logprobs.tokens
+    assert [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.token_logprobs] == \
+        pytest.approx(logprobs.token_logprobs, abs=1e-6)
+    assert logprobs.text_offset == [len("".join(logprobs.tokens[:i])) for i in range(len(logprobs.tokens))]
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs)
+
+
+def test_echo_scores_token_id_prompts_in_one_request_as_lm_eval_sends_them(server):
+    url, model = server
+    prompts = [encode("The capital of France is Paris"), encode("One two three four")]
+    reply = requests.post(f"{url}/v1/completions", json={"prompt": prompts, "max_tokens": 0, "echo": True,
+                                                         "logprobs": 1, "temperature": 0}).json()
+    assert [c["index"] for c in reply["choices"]] == [0, 1]
+    for ids, choice in zip(prompts, reply["choices"]):
+        assert choice["text"] == decode(ids)
+        logprobs = choice["logprobs"]
+        assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+        expected = score_tokens(model, [(ids, 1)], top=1)[0]
+        assert logprobs["token_logprobs"][1:] == pytest.approx(expected.logprobs, abs=1e-4)
+        assert [list(top.values())[0] for top in logprobs["top_logprobs"][1:]] == \
+            pytest.approx([t[0][1] for t in expected.top], abs=1e-4)
+    assert reply["usage"] == {"prompt_tokens": sum(map(len, prompts)), "completion_tokens": 0,
+                              "total_tokens": sum(map(len, prompts))}
+
+
+def test_echo_with_an_answer_puts_the_prompt_before_it(server):
+    url, _ = server
+    reply = client(url).completions.create(model="tiny", prompt="Once upon", max_tokens=3, temperature=0,
+                                           echo=True, logprobs=0)
+    plain = client(url).completions.create(model="tiny", prompt="Once upon", max_tokens=3, temperature=0)
+    choice = reply.choices[0]
+    assert choice.text == "Once upon" + plain.choices[0].text
+    assert len(choice.logprobs.tokens) == len(encode("Once upon")) + reply.usage.completion_tokens
+
+
+def test_n_choices_are_reproducible_with_a_seed_and_equal_when_greedy(server):
+    url, _ = server
+    api = client(url)
+    ask = dict(model="tiny", messages=[{"role": "user", "content": "Tell a story."}], max_tokens=10, n=3)
+    first = api.chat.completions.create(**ask, temperature=1.0, seed=7)
+    again = api.chat.completions.create(**ask, temperature=1.0, seed=7)
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
+    assert len({c.message.content for c in first.choices}) > 1  # each choice its own stream
+    greedy = api.chat.completions.create(**ask, temperature=0)
+    assert len({c.message.content for c in greedy.choices}) == 1
+    assert greedy.usage.completion_tokens == sum(len(encode(c.message.content)) for c in greedy.choices) or \
+        greedy.usage.completion_tokens <= 30
+
+
+def test_usage_comes_in_its_own_last_chunk_when_asked(server):
+    url, _ = server
+    chunks = list(client(url).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens <= 5
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_tokenize_and_detokenize_in_vllms_shapes(server):
+    url, _ = server
+    tokens = requests.post(f"{url}/tokenize", json={"prompt": "Hello world"}).json()
+    assert tokens == {"tokens": encode("Hello world"), "count": 2, "max_model_len": 256}
+    assert requests.post(f"{url}/detokenize", json={"tokens": tokens["tokens"]}).json() == {"prompt": "Hello world"}
+
+
+def test_what_clients_send_is_accepted_as_openai_accepts_it(server):
+    url, _ = server
+    api = client(url)
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""},
+               {"role": "user", "content": [{"type": "text", "text": "Name "}, {"type": "text", "text": "a color."}]}]
+    reply = api.chat.completions.create(model="tiny", messages=history, max_completion_tokens=3, temperature=0)
+    assert reply.usage.completion_tokens <= 3
+    parts = api.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Name a color."}],
+                                        max_tokens=3, temperature=0)
+    assert api.chat.completions.create(model="tiny", messages=history[2:], max_tokens=3,
+                                       temperature=0).choices[0].message.content == parts.choices[0].message.content
+
+
+@pytest.mark.parametrize("route, body, status, param, message", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "logit_bias": {"99999": 5}}, 400,
+     "logit_bias", "below 50257"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "response_format": {}}, 400,
+     "response_format", "does not implement"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": []}, 400, "tools",
+     "does not implement"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "1"}]},
+     400, "messages", "tool"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400,
+     "top_logprobs", "needs logprobs"),
+    ("/v1/completions", {"prompt": ""}, 400, "prompt", "empty"),
+    ("/v1/completions", {"prompt": []}, 400, "prompt", "empty"),
+    ("/v1/completions", {"prompt": [1, 99999]}, 400, "prompt", "not in the vocabulary"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens", "needs echo"),
+    ("/v1/completions", {"prompt": "word " * 300}, 400, "prompt", "301 tokens; this model's context is 256"),
+    ("/v1/completions", {"prompt": "x", "n": 100}, 400, "n", "less than or equal"),
+])
+def test_what_the_server_cannot_do_is_a_400_that_names_the_field(server, route, body, status, param, message):
+    url, _ = server
+    response = requests.post(url + route, json=body, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and message in error["message"]
+
+
+def test_unknown_routes_and_methods_answer_in_openais_error_shape(server):
+    url, _ = server
+    missing = requests.get(f"{url}/v1/nothing")
+    wrong = requests.get(f"{url}/v1/chat/completions")
+    assert missing.status_code == 404 and "no route /v1/nothing" in missing.json()["error"]["message"]
+    assert wrong.status_code == 405 and "GET is not allowed" in wrong.json()["error"]["message"]
+
+
+def test_text_that_is_not_valid_unicode_is_answered_not_a_server_error(server):
+    url, _ = server
+    body = '{"prompt": "broken \\ud800 surrogate", "max_tokens": 2}'
+    response = requests.post(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code in (200, 400), response.text
+
+
+def test_an_api_key_guards_every_v1_route_and_leaves_health_open(keyed_server):
+    url = keyed_server
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    assert requests.get(f"{url}/health").ok and requests.get(f"{url}/metrics").ok
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        for method, route in (("post", "/v1/chat/completions"), ("get", "/v1/models"), ("post", "/tokenize")):
+            response = getattr(requests, method)(url + route, json=chat, headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["type"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        client(url, "wrong").models.list()
+    assert client(url, KEY).chat.completions.create(model="tiny", **chat).usage.completion_tokens <= 2
+
+
+def test_a_body_over_the_limit_is_a_413_sent_whole_or_in_chunks(keyed_server):
+    url = keyed_server
+    big = json.dumps({"prompt": "x" * 20_000}).encode()
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    assert requests.post(f"{url}/v1/completions", data=big, headers=headers).status_code == 413
+    chunked = requests.post(f"{url}/v1/completions", data=iter([big[:5000], big[5000:]]), headers=headers)
+    assert chunked.status_code == 413 and "10000" in chunked.json()["error"]["message"]
+    assert requests.get(f"{url}/health").ok
+
+
+def test_logit_bias_and_min_tokens_shape_the_answer(server):
+    url, _ = server
+    api = client(url)
+    forced = api.completions.create(model="tiny", prompt="Hello", max_tokens=4, temperature=0,
+                                    logit_bias={"318": 100})
+    assert forced.choices[0].text == decode([318] * 4)
+    at_least = api.completions.create(model="tiny", prompt="Hello", max_tokens=10, temperature=0,
+                                      logit_bias={"50256": 100}, extra_body={"min_tokens": 3})
+    assert at_least.usage.completion_tokens == 3 and at_least.choices[0].finish_reason == "stop"

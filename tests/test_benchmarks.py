@@ -142,3 +142,25 @@ def test_a_hub_task_without_the_hub_stops_at_once_in_one_line(tiny, tmp_path, mo
     with pytest.raises(DataError, match="hub_task: the task data is on the Hugging Face hub, and 127.0.0.1 cannot"):
         run_benchmarks(tiny, ["hub_task"], include_path=tmp_path)
     assert time.perf_counter() - started < 10
+
+
+@pytest.mark.slow
+def test_lm_evals_local_completions_client_scores_through_gpt2_serve_as_gpt2_eval_does(tiny, tasks, tmp_path):
+    from gpt2_lightning.apps.serve import create_app
+    from tests.serving import serving
+
+    names = ["tiny_mc", "tiny_gen"]
+    ours = run_benchmarks(tiny, names, include_path=tasks, log_samples=True)
+    export_hf(tiny, get_style("alpaca"), tmp_path)  # lm-eval's client tokenises with the export's tokenizer
+    with serving(create_app(tiny, get_style("alpaca"), name="tiny")) as url:
+        served = lm_eval.simple_evaluate(
+            model="local-completions", tasks=names, log_samples=True,
+            model_args=f"model=tiny,base_url={url}/v1/completions,tokenizer={tmp_path},num_concurrent=1,"
+                       "max_retries=1,tokenized_requests=True,batch_size=4",
+            task_manager=lm_eval.tasks.TaskManager(include_path=str(tasks), include_defaults=False))
+    mine, theirs = responses(ours, "tiny_mc"), responses(served, "tiny_mc")
+    assert [m[0] for m in mine] == pytest.approx([t[0] for t in theirs], abs=1e-4)
+    assert [m[1] for m in mine] == [t[1] for t in theirs]
+    assert responses(ours, "tiny_gen") == responses(served, "tiny_gen")
+    for task in names:
+        assert served["results"][task] == pytest.approx(ours["results"][task], rel=1e-5)

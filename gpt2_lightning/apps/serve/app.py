@@ -30,7 +30,7 @@ from gpt2_lightning.apps.serve.served_model import Answer, ServedModel
 from gpt2_lightning.data.prompts import PromptStyle
 from gpt2_lightning.evaluate.likelihood import TokenScores
 from gpt2_lightning.model.gpt import GPTModel
-from gpt2_lightning.model.tokenizer import decode, get_tokenizer
+from gpt2_lightning.model.tokenizer import EOT_ID, decode, get_tokenizer
 
 RETRY_AFTER = 1  # seconds a client told 429 should wait
 MAX_REQUEST_BYTES = 1 << 20
@@ -194,6 +194,7 @@ class Choice:
         self.index, self.answer, self.echo, self.echo_scores = index, answer, echo, echo_scores
         self.sent_tokens = 0  # the answer's tokens whose log-probabilities went out already
         self.prompt_sent = False
+        self.end_sent = False
 
     @property
     def finish_reason(self) -> str | None:
@@ -216,10 +217,19 @@ class Choice:
         if self.answer is not None:
             scored = self.answer.seq.logprobs
             for token, scores in zip(self.answer.stream.token_ids[self.sent_tokens:self.n_tokens],
-                                     scored[self.sent_tokens:self.n_tokens]):
+                                     scored[self.sent_tokens:]):
                 logprobs.add(token, scores.logprob, scores.top)
-        self.sent_tokens = self.n_tokens
+            if self.ended_at_end_of_text and not self.end_sent:  # listed as OpenAI lists it, with no text
+                logprobs.add(EOT_ID, scored[self.n_tokens].logprob, scored[self.n_tokens].top, text=False)
+                self.end_sent = True
+            self.sent_tokens = self.n_tokens
         return logprobs
+
+    @property
+    def ended_at_end_of_text(self) -> bool:
+        seq = self.answer.seq
+        return self.answer.stream.finish_reason == "stop" and seq.finish_reason == "stop" and \
+            seq.last_token == EOT_ID and seq.n_generated == self.n_tokens and len(seq.logprobs) > self.n_tokens
 
 
 class Reply:

@@ -28,12 +28,15 @@ class ChoiceLogprobs:
         self.top: list[Sequence[tuple[int, float]] | None] = []
         self.offsets: list[int] = []
 
-    def add(self, token: int, logprob: float | None, top: Sequence[tuple[int, float]] | None) -> None:
+    def add(self, token: int, logprob: float | None, top: Sequence[tuple[int, float]] | None,
+            text: bool = True) -> None:
+        """``text``: the token's text is in the choice's (not so for the end-of-text token)."""
         self.tokens.append(token)
         self.logprobs.append(logprob)
         self.top.append(top)
         self.offsets.append(self.offset)
-        self.offset += len(token_text(token))
+        if text:
+            self.offset += len(token_text(token))
 
     def add_prompt(self, ids: Sequence[int], scores: TokenScores | None) -> None:
         """An echoed prompt: its first token has no log-probability (nothing comes before it)."""

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -28,6 +29,14 @@ from gpt2_lightning.model.tokenizer import EOT_ID
 
 class QueueFull(Exception):
     """The engine's queue holds as many sequences as it may; try again later."""
+
+
+class TokenConstraint(Protocol):
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits [1, vocab]`` with the tokens not allowed next at -inf."""
+
+    def accept(self, token: int) -> None:
+        """``token`` was chosen."""
 
 
 @dataclass(eq=False)
@@ -50,6 +59,8 @@ class Generation:
     log-probability and the k most likely tokens with theirs (the model's distribution, before
     the sampling settings reshape it)."""
     logprobs: list[TokenLogprobs] = field(default_factory=list)
+    constraint: TokenConstraint | None = None
+    """Masks the tokens the answer may not take next (structured output: ``JsonConstraint``)."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     n_generated: int = 0
     answer_ids: list[int] = field(default_factory=list)
@@ -217,7 +228,11 @@ class BatchEngine:
     def _emit(self, seq: Generation, logits: torch.Tensor) -> None:
         shaped = adjusted_logits(logits, seq.params, seq.prompt_ids, seq.answer_ids, self.eos_id) \
             if seq.params.reshapes_logits else logits
+        if seq.constraint is not None:
+            shaped = seq.constraint.mask(shaped)
         token = int(sample_next(shaped, seq.params, seq.generator))
+        if seq.constraint is not None:
+            seq.constraint.accept(token)
         seq.last_token = token
         if seq.top_logprobs is not None:
             seq.logprobs.append(token_logprobs(logits, token, seq.top_logprobs))

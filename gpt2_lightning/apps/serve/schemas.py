@@ -34,6 +34,25 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise APIError(400, "response_format: type json_schema needs its json_schema", "response_format")
+        return self
+
+
 class SamplingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -52,6 +71,7 @@ class SamplingRequest(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     logit_bias: dict[Annotated[str, Field(pattern=r"^\d+$")], Annotated[float, Field(ge=-100, le=100)]] | None = None
     min_tokens: int = Field(0, ge=0)
+    response_format: ResponseFormat | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None

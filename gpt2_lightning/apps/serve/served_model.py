@@ -14,8 +14,9 @@ from gpt2_lightning.apps.serve.metrics import Metrics
 from gpt2_lightning.apps.serve.schemas import APIError, Message, SamplingRequest
 from gpt2_lightning.data.prompts import PromptStyle
 from gpt2_lightning.data.records import chat_prompt
-from gpt2_lightning.errors import DataError
+from gpt2_lightning.errors import ConfigError, DataError
 from gpt2_lightning.evaluate.likelihood import TokenScores, score_tokens
+from gpt2_lightning.generation.constraint import JsonConstraint
 from gpt2_lightning.generation.engine import BatchEngine, Generation, QueueFull
 from gpt2_lightning.generation.stream import GenerationFailed, TextStream, generation_for
 from gpt2_lightning.model.gpt import GPTModel
@@ -97,13 +98,14 @@ class ServedModel:
         device = next(self.model.parameters()).device
         loop = asyncio.get_running_loop()
         answers = []
-        for index in range(n):
+        constraints = [self.constraint(request) for _ in range(n)]
+        for index, constraint in enumerate(constraints):
             stream = TextStream(ids, [*(self.style.stop_strings if chat else ()), *params.stop], answer=chat)
             arrived: asyncio.Queue = asyncio.Queue()
             # Each choice its own seed (seed + index): the same request gives the same choices.
             seq = generation_for(stream, lambda item, queue=arrived: loop.call_soon_threadsafe(queue.put_nowait, item),
                                  params, params.generator(device, offset=index), deadline=deadline)
-            seq.top_logprobs = request.top_logprobs_wanted
+            seq.top_logprobs, seq.constraint = request.top_logprobs_wanted, constraint
             answers.append(Answer(stream, seq, arrived))
         submitted = []
         try:
@@ -114,6 +116,17 @@ class ServedModel:
                 seq.cancel()
             raise APIError(429, f"the server is busy ({err}); retry shortly", kind="rate_limit_exceeded") from None
         return answers
+
+    @staticmethod
+    def constraint(request: SamplingRequest) -> JsonConstraint | None:
+        """The grammar an answer of ``request`` keeps to (``response_format``), if any."""
+        form = request.response_format
+        if form is None or form.type == "text":
+            return None
+        try:
+            return JsonConstraint(form.json_schema.schema_ if form.type == "json_schema" else None)
+        except (ValueError, ConfigError) as err:
+            raise APIError(400, f"response_format: {err}", "response_format") from None
 
     async def score(self, prompts: Sequence[list[int]], top: int) -> list[TokenScores]:
         """Each prompt's tokens scored after its first (``echo``), off the event loop."""

@@ -111,3 +111,44 @@ def test_a_full_queue_refuses_and_a_failing_consumer_ends_alone(model):
         engine.submit(good.seq)
         assert bad.wait().reason == "error"
         assert good.wait().tokens == alone(model, prompts([7], seed=3)[0], 8) and good.reason == "length"
+
+
+def test_a_conversations_next_turns_reuse_its_kept_prefix_and_answer_as_without(model):
+    # Five turns, each prompt the whole history: the previous prompt, its answer, a new message.
+    messages = prompts([40, 12, 15, 9, 11], seed=3)
+
+    def converse(prefix_positions):
+        answers, history, lengths = [], [], []
+        with BatchEngine(model, max_batch_size=2, eos_id=-1, prefix_cache_positions=prefix_positions) as engine:
+            for message in messages:
+                history += message
+                lengths.append(len(history))
+                run = Collected(list(history), 8)
+                engine.submit(run.seq)
+                answers.append(run.wait().tokens)
+                history += run.tokens
+            return answers, engine.prefixes, lengths
+
+    with_reuse, kept, lengths = converse(4096)
+    without, _, _ = converse(0)
+    assert with_reuse == without
+    assert kept.hits == 4  # every turn after the first
+    # each turn reuses the previous prompt and its answer but the last token (never fed back)
+    assert kept.reused_positions == sum(length + 8 - 1 for length in lengths[:4])
+
+
+def test_the_prefix_cache_keeps_at_most_its_positions_and_drops_what_a_longer_sequence_extends():
+    from gpt2_lightning.generation.prefix_cache import PrefixCache
+
+    def kv(n):
+        return [torch.full((2, n, 4), float(n))], [torch.zeros(2, n, 4)]
+
+    cache = PrefixCache(max_positions=100)
+    cache.add(list(range(30)), *kv(30))
+    cache.add(list(range(50)), *kv(50))  # extends the first: it replaces it
+    assert cache.positions == 50
+    cache.add([7] * 60, *kv(60))  # over 100 positions: the least recently used goes
+    assert cache.positions == 60 and cache.longest(list(range(40))) is None
+    length, keys, _ = cache.longest([7] * 20 + [1])
+    assert length == 20 and keys[0].shape == (2, 20, 4)
+    assert cache.longest([7] * 10 + [1]) is None  # below MIN_REUSED shared tokens

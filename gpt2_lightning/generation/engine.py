@@ -22,6 +22,7 @@ from typing import Protocol
 
 import torch
 
+from gpt2_lightning.generation.prefix_cache import PrefixCache
 from gpt2_lightning.generation.sampling import SamplingParams, adjusted_logits, sample_next
 from gpt2_lightning.model.gpt import GPTModel, KVCache
 from gpt2_lightning.model.tokenizer import EOT_ID
@@ -64,7 +65,7 @@ class Generation:
     cancelled: threading.Event = field(default_factory=threading.Event)
     n_generated: int = 0
     answer_ids: list[int] = field(default_factory=list)
-    """The tokens generated so far (kept where the sampling settings penalise repeats)."""
+    """The tokens chosen so far, end-of-text included."""
     last_token: int = 0
     finish_reason: str | None = None
 
@@ -90,9 +91,11 @@ def token_logprobs(logits: torch.Tensor, token: int, top: int) -> TokenLogprobs:
 
 class BatchEngine:
     def __init__(self, model: GPTModel, max_batch_size: int = 8, max_queue: int = 64,
-                 max_length: int | None = None, eos_id: int = EOT_ID):
+                 max_length: int | None = None, eos_id: int = EOT_ID, prefix_cache_positions: int = 0):
         """``max_length``: positions of the shared cache (default: the context length); a
-        prompt and its answer must fit in it."""
+        prompt and its answer must fit in it. ``prefix_cache_positions``: keep the keys and
+        values of finished sequences, up to this many positions, and prefill a new prompt
+        only after the longest kept prefix it begins with (0: keep none)."""
         self.model = model.eval()
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -101,6 +104,7 @@ class BatchEngine:
         self.device = param.device
         self.cache = KVCache(model.cfg, max_batch_size, max_length, device=param.device, dtype=param.dtype,
                              pad_lengths=torch.zeros(max_batch_size, dtype=torch.long))
+        self.prefixes = PrefixCache(prefix_cache_positions) if prefix_cache_positions else None
         self.rows: list[Generation] = []
         self.waiting: collections.deque[Generation] = collections.deque()
         self.generated_tokens = 0
@@ -182,9 +186,15 @@ class BatchEngine:
         if seq.cancelled.is_set():
             seq.on_finish("cancelled")
             return
-        prompt = torch.tensor([list(seq.prompt_ids)], device=self.device)
-        own = self.model.new_cache(1, len(seq.prompt_ids))
-        logits = self.model(prompt, own)[:, -1]
+        ids = list(seq.prompt_ids)
+        own = self.model.new_cache(1, len(ids))
+        reused = self.prefixes.longest(ids) if self.prefixes is not None else None
+        if reused is not None:
+            own.length, keys, values = reused
+            for layer in range(self.model.cfg.n_layers):
+                own.keys[layer][0, :, :own.length] = keys[layer]
+                own.values[layer][0, :, :own.length] = values[layer]
+        logits = self.model(torch.tensor([ids[own.length:]], device=self.device), own)[:, -1]
         length = self.cache.length if self.rows else 0
         if len(seq.prompt_ids) > length:
             self._shift(len(seq.prompt_ids) - length)
@@ -236,8 +246,7 @@ class BatchEngine:
         seq.last_token = token
         if seq.top_logprobs is not None:
             seq.logprobs.append(token_logprobs(logits, token, seq.top_logprobs))
-        if seq.params.reshapes_logits:
-            seq.answer_ids.append(token)
+        seq.answer_ids.append(token)
         if token == self.eos_id:
             seq.finish_reason = "stop"
             return
@@ -246,6 +255,13 @@ class BatchEngine:
         seq.on_token(token)
         if seq.n_generated >= seq.params.max_new_tokens:
             seq.finish_reason = "length"
+
+    def _keep_prefix(self, row: int, seq: Generation) -> None:
+        """Keep the keys and values the row computed: its prompt and the tokens fed after it."""
+        start = int(self.cache.pad_lengths[row])
+        ids = [*seq.prompt_ids, *seq.answer_ids][:self.cache.length - start]
+        self.prefixes.add(ids, [k[row, :, start:start + len(ids)] for k in self.cache.keys],
+                          [v[row, :, start:start + len(ids)] for v in self.cache.values])
 
     def _drop_finished(self) -> None:
         """End the rows that finished, were cancelled or ran out of time; move the last rows
@@ -262,6 +278,8 @@ class BatchEngine:
                 kept.append(row)
             else:
                 seq.finish_reason = reason
+                if self.prefixes is not None and reason != "error":
+                    self._keep_prefix(row, seq)
                 seq.on_finish(reason)
         if kept != list(range(len(kept))):  # a row before a running one finished: close the gap
             index = torch.tensor(kept, device=self.device)

@@ -20,6 +20,7 @@ from pathlib import Path
 from gpt2_lightning.apps.inference import add_model_arguments, model_for_generation
 from gpt2_lightning.apps.serve.app import MAX_REQUEST_BYTES, create_app
 from gpt2_lightning.export.run import Run
+from gpt2_lightning.generation.prefix_cache import DEFAULT_MEGABYTES
 
 __all__ = ["add_arguments", "create_app", "run", "served_name"]
 
@@ -47,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a larger request body is refused with 413 (default: %(default)s)")
     parser.add_argument("--allowed-origins", nargs="+", metavar="ORIGIN",
                         help="web origins whose pages may call the API (CORS; default: none)")
+    parser.add_argument("--prefix-cache-mb", type=float, default=DEFAULT_MEGABYTES,
+                        help="memory for the keys and values of recent conversations: a next turn prefills only "
+                        "what follows its history (0: none; default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="the server's log (default: %(default)s)")
 
@@ -72,7 +76,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"warning: serving on {args.host} without an API key: anyone who reaches it can use it "
               f"(give --api-key or set {API_KEY_VARIABLE})", file=sys.stderr, flush=True)
     app = create_app(model, style, name, args.max_new_tokens, args.max_batch_size, args.max_queue,
-                     args.request_timeout, args.api_key, args.max_request_bytes, args.allowed_origins)
+                     args.request_timeout, args.api_key, args.max_request_bytes, args.allowed_origins,
+                     args.prefix_cache_mb)
     print(f"serving {name} ({style.name} prompts) on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 

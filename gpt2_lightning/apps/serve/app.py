@@ -29,6 +29,7 @@ from gpt2_lightning.apps.serve.schemas import (
 from gpt2_lightning.apps.serve.served_model import Answer, ServedModel
 from gpt2_lightning.data.prompts import PromptStyle
 from gpt2_lightning.evaluate.likelihood import TokenScores
+from gpt2_lightning.generation.prefix_cache import DEFAULT_MEGABYTES
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.tokenizer import EOT_ID, decode, get_tokenizer
 
@@ -40,12 +41,15 @@ OPEN_PATHS = ("/health", "/metrics")  # open without a key, as in vLLM; so are t
 def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning", default_max_tokens: int = 256,
                max_batch_size: int = 8, max_queue: int = 64, request_timeout: float | None = 600.0,
                api_key: str | None = None, max_request_bytes: int = MAX_REQUEST_BYTES,
-               allowed_origins: list[str] | None = None) -> FastAPI:
+               allowed_origins: list[str] | None = None, prefix_cache_mb: float = DEFAULT_MEGABYTES) -> FastAPI:
     """The server's app. ``api_key``: every ``/v1`` route and ``/tokenize`` / ``/detokenize``
     need ``Authorization: Bearer <key>``; ``max_request_bytes``: a larger body is a 413;
-    ``allowed_origins``: the web origins that may call it from a browser (CORS; none by default)."""
+    ``allowed_origins``: the web origins that may call it from a browser (CORS; none by default);
+    ``prefix_cache_mb``: memory for the keys and values of recent conversations, whose next
+    turns then prefill only what is new (0: none)."""
     get_tokenizer()  # fail at start, not at the first request, when the vocabulary is missing
-    served = ServedModel(model, style, name, default_max_tokens, max_batch_size, max_queue, request_timeout)
+    served = ServedModel(model, style, name, default_max_tokens, max_batch_size, max_queue, request_timeout,
+                         prefix_cache_mb)
     app = FastAPI(title="gpt2-lightning", docs_url="/docs")
     app.state.served = served
     add_error_handlers(app, served)

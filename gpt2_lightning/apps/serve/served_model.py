@@ -18,6 +18,7 @@ from gpt2_lightning.errors import ConfigError, DataError
 from gpt2_lightning.evaluate.likelihood import TokenScores, score_tokens
 from gpt2_lightning.generation.constraint import JsonConstraint
 from gpt2_lightning.generation.engine import BatchEngine, Generation, QueueFull
+from gpt2_lightning.generation.prefix_cache import DEFAULT_MEGABYTES, positions_in
 from gpt2_lightning.generation.stream import GenerationFailed, TextStream, generation_for
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.tokenizer import encode
@@ -40,13 +41,17 @@ class ServedModel:
     running batch as rows free up; those that find the queue full get a 429."""
 
     def __init__(self, model: GPTModel, style: PromptStyle, name: str, default_max_tokens: int = 256,
-                 max_batch_size: int = 8, max_queue: int = 64, request_timeout: float | None = 600.0):
+                 max_batch_size: int = 8, max_queue: int = 64, request_timeout: float | None = 600.0,
+                 prefix_cache_mb: float = DEFAULT_MEGABYTES):
         self.model = model.eval()
         self.style = style
         self.name = name
         self.default_max_tokens = default_max_tokens
         self.request_timeout = request_timeout
-        self.engine = BatchEngine(model, max_batch_size=max_batch_size, max_queue=max_queue)
+        cfg = model.cfg
+        self.engine = BatchEngine(model, max_batch_size=max_batch_size, max_queue=max_queue,
+                                  prefix_cache_positions=positions_in(prefix_cache_mb, cfg.n_layers, cfg.emb_dim,
+                                                                      next(model.parameters()).dtype))
         self.metrics = Metrics(self.engine)
         self.served = 0
 

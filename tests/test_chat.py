@@ -7,7 +7,9 @@ import subprocess
 import sys
 import time
 
-from gpt2_lightning.apps.chat import ChatSession
+import pytest
+
+from gpt2_lightning.apps.chat import CHAT_DEFAULTS, ChatSession, with_setting
 from gpt2_lightning.data.prompts import get_style
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.placement import placed_for_generation
@@ -179,3 +181,10 @@ def test_a_system_message_opens_every_prompt_in_the_styles_format(tiny_export):
     session = ChatSession(model, get_style("chatml"), system="Answer in French.")
     assert decode(session.prompt_ids("Hi")) == get_style("chatml").conversation([], "Hi", system="Answer in French.")
     assert decode(session.prompt_ids("Hi")).startswith("<|im_start|>system\nAnswer in French.<|im_end|>\n")
+
+
+def test_set_takes_the_penalties_and_refuses_them_out_of_range():
+    params = with_setting(with_setting(CHAT_DEFAULTS, "repetition_penalty", "1.3"), "min_new_tokens", "4")
+    assert (params.repetition_penalty, params.min_new_tokens, params.temperature) == (1.3, 4, 0.7)
+    with pytest.raises(ValueError, match="presence_penalty=5 is out of range"):
+        with_setting(params, "presence_penalty", "5")

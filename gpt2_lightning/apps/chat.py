@@ -34,7 +34,8 @@ HELP = """commands:
   /new                 start a new conversation (forget the history)
   /history             show the conversation so far
   /retry               answer the last message again
-  /set NAME VALUE      temperature, top_k, top_p, max_new_tokens or seed (top_k/top_p/seed: 'off' to disable)
+  /set NAME VALUE      temperature, top_k, top_p, max_new_tokens, seed, presence_penalty,
+                       frequency_penalty, repetition_penalty or min_new_tokens (top_k/top_p/seed: 'off')
   /settings            show the generation settings
   /save FILE           save the conversation as JSON
   /help                this list
@@ -42,7 +43,9 @@ HELP = """commands:
 
 
 CHAT_DEFAULTS = SamplingParams(max_new_tokens=200, temperature=0.7, top_k=50)
-SETTABLE = ("temperature", "top_k", "top_p", "max_new_tokens", "seed")
+SETTABLE = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "presence_penalty", "frequency_penalty",
+            "repetition_penalty", "min_new_tokens")
+FRACTIONAL = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
 
 
 def with_setting(params: SamplingParams, name: str, value: str) -> SamplingParams:
@@ -52,7 +55,7 @@ def with_setting(params: SamplingParams, name: str, value: str) -> SamplingParam
     if value.lower() in ("off", "none") and name in ("top_k", "top_p", "seed"):
         return params.with_(**{name: None})
     try:
-        number = float(value) if name in ("temperature", "top_p") else int(value)
+        number = float(value) if name in FRACTIONAL else int(value)
     except ValueError:
         raise ValueError(f"{name} needs a number, got {value!r}") from None
     try:

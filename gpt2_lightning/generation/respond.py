@@ -10,7 +10,6 @@ import hashlib
 import os
 import queue
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -92,7 +91,7 @@ def answer_identity(model: GPTModel, style: PromptStyle, params: SamplingParams)
     """What the answers depend on: the weights, the prompt style and the sampling settings
     (not the batch size: a left-padded batch answers each prompt as it would be alone)."""
     return {"weights_sha256": weights_sha256(model), "prompt_style": style.name,
-            "settings": {**asdict(params), "stop": list(params.stop)}}
+            "settings": params.to_dict()}
 
 
 def identity_path(path: Path) -> Path:

@@ -4,7 +4,7 @@ top-k / top-p choice of a token, and ``generate`` with a KV cache."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -64,6 +64,10 @@ class SamplingParams:
         """Whether ``adjusted_logits`` changes anything."""
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
                     or self.logit_bias or self.min_new_tokens)
+
+    def to_dict(self) -> dict:
+        """The settings as JSON keeps them (lists for the tuples)."""
+        return {**asdict(self), "stop": list(self.stop), "logit_bias": [list(pair) for pair in self.logit_bias]}
 
     def with_(self, **changes) -> SamplingParams:
         """A copy with ``changes`` (checked again)."""

@@ -21,7 +21,8 @@ class TextStream:
     be, and a piece never ends inside a multi-byte character. Once generation ends,
     ``finish_reason`` is ``"stop"`` (end-of-text or a stop string), ``"length"`` or the
     engine's other reasons, and ``text`` / ``n_tokens`` describe the whole answer. An answer's
-    leading whitespace is dropped, as chat shows it; a continuation (``answer=False``) keeps it.
+    leading and trailing whitespace is dropped, as chat shows it (whitespace is held back until
+    text follows it); a continuation (``answer=False``) keeps it.
     """
 
     def __init__(self, prompt_ids: Sequence[int], stop: Sequence[str] = (), answer: bool = True):
@@ -43,10 +44,11 @@ class TextStream:
         text, stopped = cut_at_stop(self._decoded(), self.stop)
         if stopped:
             self.finish_reason = "stop"
-            return self._advance_to(text)
+            return self._advance_to(text.rstrip() if self.answer else text)
         if text.endswith("\ufffd"):  # half a character: wait for its other bytes
             return ""
-        return self._advance_to(text[:len(text) - self._held_back(text)])
+        trailing = len(text) - len(text.rstrip()) if self.answer else 0
+        return self._advance_to(text[:len(text) - max(trailing, self._held_back(text))])
 
     @property
     def token_ids(self) -> list[int]:
@@ -66,7 +68,8 @@ class TextStream:
         if self.finish_reason is not None:
             return ""
         self.finish_reason = reason
-        return self._advance_to(cut_at_stop(self._decoded(), self.stop)[0])
+        text = cut_at_stop(self._decoded(), self.stop)[0]
+        return self._advance_to(text.rstrip() if self.answer else text)
 
     def _decoded(self) -> str:
         text = decode(self._ids)

@@ -2,6 +2,9 @@
 127.0.0.1: log-probabilities, echo, token-id prompts, n, seeds, token routes, keys and limits."""
 
 import json
+import shutil
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -252,3 +255,115 @@ def test_an_untrained_model_answers_json_of_the_schema_beside_free_rows_of_its_b
     assert anything.finish_reason == "length" or isinstance(json.loads(anything.message.content), dict)
     alone = api.chat.completions.create(**ask, temperature=0).choices[0].message.content
     assert free_answers == [alone, alone]  # constrained neighbours change nothing of a free row
+
+
+@pytest.mark.slow
+def test_64_clients_mixing_every_kind_of_request_get_whole_uncrossed_answers_while_health_answers(server):
+    url, _ = server
+    form = {"type": "json_schema", "json_schema": {"name": "shirt", "schema": SHIRT}}
+
+    def chat(i, **extra):
+        return requests.post(f"{url}/v1/chat/completions", timeout=300, json={
+            "messages": [{"role": "user", "content": f"Count to {i}."}], "max_tokens": 12, **extra})
+
+    def one(i):
+        kind = ("greedy", "sampled", "constrained", "streamed", "cancelled")[i % 5]
+        if kind == "greedy":
+            return kind, i, chat(i, temperature=0).json()["choices"][0]["message"]["content"]
+        if kind == "sampled":
+            return kind, i, chat(i, temperature=1.0, seed=i).json()["choices"][0]["finish_reason"]
+        if kind == "constrained":
+            return kind, i, json.loads(chat(i, temperature=1.0, response_format=form, max_tokens=64)
+                                       .json()["choices"][0]["message"]["content"])
+        with requests.post(f"{url}/v1/chat/completions", stream=True, timeout=300,
+                json={"messages": [{"role": "user", "content": f"Count to {i}."}], "max_tokens": 12,
+                      "temperature": 0, "stream": True}) as response:
+            lines = [line for line in response.iter_lines() if line]
+            if kind == "cancelled":
+                return kind, i, lines[0].startswith(b"data: ")  # leaves after the first event
+            return kind, i, lines[-1] == b"data: [DONE]"
+
+    health, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            start = time.perf_counter()
+            assert requests.get(f"{url}/health", timeout=10).ok
+            health.append(time.perf_counter() - start)
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(one, range(64)))
+    stop.set()
+    poller.join()
+    for kind, i, value in results:
+        if kind == "greedy":
+            alone = chat(i, temperature=0).json()["choices"][0]["message"]["content"]
+            assert value == alone, i
+        elif kind == "constrained":
+            assert set(value) == {"color", "size"}
+        elif kind == "sampled":
+            assert value in ("stop", "length")
+        else:
+            assert value is True
+    assert len(results) == 64 and max(health) < 2.0
+
+
+@pytest.fixture(scope="module")
+def long_answer_server():
+    """A model whose answers run for seconds (a context of 1024, up to 900 new tokens)."""
+    import torch
+
+    from gpt2_lightning.model.gpt import GPTConfig, GPTModel
+
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=50257, context_length=1024, emb_dim=128, n_layers=4, n_heads=4)).eval()
+    with serving(create_app(model, get_style("alpaca"), name="tiny", default_max_tokens=900)) as url:
+        yield url
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromedriver") is None, reason="Debian's chromium-driver is not installed")
+def test_the_pages_stop_button_keeps_the_answer_so_far_and_an_empty_answer_leaves_the_chat_working(
+        long_answer_server):
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    try:
+        driver.get(long_answer_server + "/")
+        wait = WebDriverWait(driver, 120)
+        # an earlier turn whose answer was empty, as a model can give one
+        driver.execute_script("messages.push({role: 'user', content: 'Hi'}, {role: 'assistant', content: ''});")
+        driver.find_element(By.ID, "input").send_keys("Tell me a long story.\n")
+        wait.until(lambda d: len(d.find_element(By.CSS_SELECTOR, ".msg.assistant").text) > 20)
+        assert not driver.find_element(By.ID, "send").is_displayed()
+        driver.find_element(By.ID, "stop").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-state='done']"))
+        stopped = driver.find_element(By.CSS_SELECTOR, ".msg.assistant").text
+        assert driver.find_element(By.ID, "send").is_displayed() and not driver.find_element(By.ID, "stop").is_displayed()
+        history = driver.execute_script("return messages;")
+        assert history[-1] == {"role": "assistant", "content": stopped} and len(history) == 4
+        time.sleep(0.5)
+        assert driver.find_element(By.CSS_SELECTOR, ".msg.assistant").text == stopped  # nothing more arrives
+        deadline = time.time() + 10  # the stopped answer's row is freed at the engine's next step
+        while requests.get(f"{long_answer_server}/health", timeout=10).json()["running"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert requests.get(f"{long_answer_server}/health", timeout=10).json()["running"] == 0
+        driver.find_element(By.ID, "input").send_keys("And another?\n")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant:nth-of-type(4)") or
+                   d.find_elements(By.CSS_SELECTOR, ".msg.error"))
+        second = driver.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1]
+        driver.find_element(By.ID, "stop").click()
+        wait.until(lambda d: second.get_attribute("data-state") == "done")
+        assert "error" not in second.get_attribute("class")
+    finally:
+        driver.quit()

@@ -14,7 +14,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from gpt2_lightning.apps.serve.logprobs import ChoiceLogprobs
@@ -22,8 +21,9 @@ from gpt2_lightning.apps.serve.schemas import (
     APIError,
     ChatRequest,
     CompletionRequest,
+    DetokenizeRequest,
     SamplingRequest,
-    TokenIds,
+    TokenizeRequest,
     error_response,
 )
 from gpt2_lightning.apps.serve.served_model import Answer, ServedModel
@@ -137,17 +137,6 @@ def add_info_routes(app: FastAPI, served: ServedModel) -> None:
         return page.replace("{{MODEL}}", served.name)
 
 
-class TokenizeRequest(BaseModel):
-    model: str | None = None
-    prompt: str | None = None
-    messages: list[dict] | None = None
-
-
-class DetokenizeRequest(BaseModel):
-    model: str | None = None
-    tokens: TokenIds = Field(max_length=1 << 20)
-
-
 def add_token_routes(app: FastAPI, served: ServedModel) -> None:
     """vLLM's ``/tokenize`` and ``/detokenize``."""
     @app.post("/tokenize")
@@ -155,8 +144,7 @@ def add_token_routes(app: FastAPI, served: ServedModel) -> None:
         if (body.prompt is None) == (body.messages is None):
             raise APIError(400, "give either prompt or messages", "prompt")
         if body.messages is not None:
-            chat = ChatRequest.model_validate({"messages": body.messages})
-            tokens = await served.chat_prompt_ids(chat.messages, check_length=False)
+            tokens = await served.chat_prompt_ids(body.messages, check_length=False)
         else:
             tokens = await served.prompt_ids(body.prompt, check_length=False)
         return {"tokens": tokens, "count": len(tokens), "max_model_len": served.context_length}
@@ -173,7 +161,7 @@ def add_completion_routes(app: FastAPI, served: ServedModel) -> None:
     async def chat_completions(body: ChatRequest, request: Request):
         served.check_model(body)
         ids = await served.chat_prompt_ids(body.messages)
-        choices = [Choice(i, answer) for i, answer in enumerate(served.answers(ids, body, chat=True, n=body.n))]
+        choices = [Choice(i, answer) for i, answer in enumerate(await served.answers(ids, body, chat=True, n=body.n))]
         return await Reply(served, body, choices, [ids], chat=True).send(request)
 
     @app.post("/v1/completions")
@@ -183,7 +171,7 @@ def add_completion_routes(app: FastAPI, served: ServedModel) -> None:
         echoed = await served.score(prompts, body.logprobs or 0) if body.echo and body.logprobs is not None else None
         choices = []
         for p, ids in enumerate(prompts):
-            answers = served.answers(ids, body, chat=False, n=body.n) if body.max_tokens else [None] * body.n
+            answers = await served.answers(ids, body, chat=False, n=body.n) if body.max_tokens else [None] * body.n
             choices += [Choice(len(choices), answer, ids if body.echo else None, echoed[p] if echoed else None)
                         for answer in answers]
         return await Reply(served, body, choices, prompts, chat=False).send(request)

@@ -189,3 +189,14 @@ class CompletionRequest(SamplingRequest):
     @property
     def top_logprobs_wanted(self) -> int | None:
         return self.logprobs
+
+
+class TokenizeRequest(BaseModel):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    model: str | None = None
+    tokens: TokenIds = Field(max_length=1 << 20)

@@ -93,7 +93,7 @@ class ServedModel:
                            f"{self.context_length} tokens, and the answer needs at least one", param)
         return ids
 
-    def answers(self, ids: list[int], request: SamplingRequest, chat: bool, n: int) -> list[Answer]:
+    async def answers(self, ids: list[int], request: SamplingRequest, chat: bool, n: int) -> list[Answer]:
         """``n`` answers to the prompt ``ids``, queued in the engine together; a 429 (and none
         of them left queued) when the queue is full."""
         params = request.sampling_params(self.default_max_tokens, self.context_length - len(ids))
@@ -103,7 +103,8 @@ class ServedModel:
         device = next(self.model.parameters()).device
         loop = asyncio.get_running_loop()
         answers = []
-        constraints = [self.constraint(request) for _ in range(n)]
+        # compiling a grammar (the first time: loading the grammar engine) takes a while
+        constraints = [await asyncio.to_thread(self.constraint, request) for _ in range(n)]
         for index, constraint in enumerate(constraints):
             stream = TextStream(ids, [*(self.style.stop_strings if chat else ()), *params.stop], answer=chat)
             arrived: asyncio.Queue = asyncio.Queue()

@@ -9,6 +9,7 @@ import pytest
 from gpt2_lightning.data.records import reference_answer
 from gpt2_lightning.evaluate.report import asked
 from gpt2_lightning.evaluate.scores import rouge_l
+from tests.browser import headless_chromium
 from tests.conftest import REPO_ROOT, TINY_RUN, run_train_py
 from tests.test_command import gpt2
 
@@ -41,16 +42,10 @@ def test_every_run_writes_a_report_of_its_settings_scores_losses_and_answers_tha
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromedriver") is None, reason="Debian's chromium-driver is not installed")
 def test_the_worst_answers_come_first_in_one_click_and_the_filter_keeps_matching_rows(answered_run):
-    from selenium import webdriver
     from selenium.webdriver.common.by import By
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")))
     responses = json.loads((answered_run / "responses.json").read_text())
-    try:
+    with headless_chromium() as driver:
         driver.get((answered_run / "report.html").as_uri())
         driver.find_element(By.ID, "worst").click()
         rows = driver.find_elements(By.CSS_SELECTOR, "#records tbody tr")
@@ -63,5 +58,3 @@ def test_the_worst_answers_come_first_in_one_click_and_the_filter_keeps_matching
         matching = [r for r in responses
                     if text.lower() in "".join((asked(r), reference_answer(r), r["model_response"])).lower()]
         assert len(visible) == len(matching) >= 1 and driver.find_element(By.ID, "shown").text == str(len(matching))
-    finally:
-        driver.quit()

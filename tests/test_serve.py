@@ -15,6 +15,7 @@ from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.respond import answer_batch
 from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.model.gpt import GPTConfig, GPTModel
+from tests.browser import headless_chromium
 from tests.serving import serving
 
 
@@ -113,20 +114,11 @@ def test_the_judge_can_score_through_this_server(server):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromedriver") is None, reason="Debian's chromium-driver is not installed")
 def test_the_web_page_streams_an_answer_in_headless_chromium(server):
-    from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = server
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run"):
-        options.add_argument(flag)
-    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
+    with headless_chromium() as driver:
         driver.get(url + "/")
         assert "tiny" in driver.find_element(By.ID, "model").text
         driver.find_element(By.ID, "temperature").clear()
@@ -140,8 +132,6 @@ def test_the_web_page_streams_an_answer_in_headless_chromium(server):
         expected = requests.post(f"{url}/v1/chat/completions", json={
             "messages": [{"role": "user", "content": "Name a color."}], "temperature": 0}).json()
         assert answer == expected["choices"][0]["message"]["content"].strip()
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from gpt2_lightning.data.prompts import get_style
 from gpt2_lightning.evaluate.likelihood import score_tokens
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.model.tokenizer import decode, encode
+from tests.browser import headless_chromium
 from tests.serving import serving
 
 KEY = "sk-test-key"
@@ -328,17 +329,10 @@ def long_answer_server():
 @pytest.mark.skipif(shutil.which("chromedriver") is None, reason="Debian's chromium-driver is not installed")
 def test_the_pages_stop_button_keeps_the_answer_so_far_and_an_empty_answer_leaves_the_chat_working(
         long_answer_server):
-    from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
-    try:
+    with headless_chromium() as driver:
         driver.get(long_answer_server + "/")
         wait = WebDriverWait(driver, 120)
         # an earlier turn whose answer was empty, as a model can give one
@@ -365,5 +359,3 @@ def test_the_pages_stop_button_keeps_the_answer_so_far_and_an_empty_answer_leave
         driver.find_element(By.ID, "stop").click()
         wait.until(lambda d: second.get_attribute("data-state") == "done")
         assert "error" not in second.get_attribute("class")
-    finally:
-        driver.quit()

@@ -3,8 +3,9 @@
 Each RUN is a run directory or a folder of runs: a sweep's (python train.py -m ...:
 multirun/<date>/<time>/) stands for every run inside it. The columns: the overrides that differ
 between the runs (those all share are said once, above the table), the best val loss, the test
-loss, ROUGE-L and exact match of the answers, the judge's mean score, and the time spent in
-training steps.
+loss, ROUGE-L and exact match of the answers, the judge's mean score, the time spent in
+training steps, and each benchmark score (gpt2 eval --tasks). The same, with every run's loss
+curves overlaid and the test records answered side by side, goes into compare.html (--html).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from gpt2_lightning.apps.progress import Progress
 from gpt2_lightning.errors import DataError
+from gpt2_lightning.evaluate.compare_page import write_compare_page
 from gpt2_lightning.export.run import Run
 
 # column -> (heading, which way is better); the first is the default ranking
@@ -28,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sort", default="best_val_loss", choices=list(COLUMNS), help="rank by this column "
                         "(default: %(default)s; losses and time lowest first, scores highest first)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    parser.add_argument("--html", type=Path, help="where to write the page (default: compare.html in the one folder "
+                        "given, else here)")
 
 
 def find_runs(path: Path, depth: int = SEARCH_DEPTH) -> list[Run]:
@@ -92,3 +96,9 @@ def run(args: argparse.Namespace) -> None:
         runs += [r for r in found if r not in runs]
     rows = ranked([row(r) for r in runs], args.sort)
     print(json.dumps(rows, indent=2) if args.json else table(rows))
+    page = args.html or (args.runs[0] / "compare.html" if len(args.runs) == 1 else Path("compare.html"))
+    benchmarks = sorted({name for r in rows for name in r["benchmarks"]})
+    write_compare_page(page, rows, {**{key: heading for key, (heading, _) in COLUMNS.items()},
+                                    **{name: name for name in benchmarks}})
+    if not args.json:
+        print(f"page: {page}")

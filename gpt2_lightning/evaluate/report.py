@@ -108,22 +108,59 @@ def _page(run: Run, scores: dict, rows: list[dict], plot: str | None, before: bo
     headings = {"before": "answer before (the run it started from)"}
     head = "".join(f'<th data-column="{i}" data-numeric="{int(c in ("#", "ROUGE-L", "judge"))}">'
                    f'{e(headings.get(c, c))}</th>' for i, c in enumerate(columns))
-    body = "".join("<tr>" + "".join(_cell(r.get(c)) for c in columns) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(cell(r.get(c)) for c in columns) + "</tr>" for r in rows)
     settings = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _settings(run).items())
     overrides = " ".join(run.overrides())
     metrics = "".join(f"<tr><th>{e(k)}</th><td>{v:.4g}</td></tr>" for k, v in numbers.items())
     image = f'<img alt="loss curves" src="{plot}">' if plot else "<p>No loss curves: the run logged no train_loss.</p>"
     return PAGE.format(title=e(run.name), overrides=e(overrides or "(none)"), settings=settings, metrics=metrics
-                       or "<tr><td>no scores yet</td></tr>", image=image, head=head, body=body, count=len(rows))
+                       or "<tr><td>no scores yet</td></tr>", image=image, head=head, body=body, count=len(rows),
+                       table_script=TABLE_SCRIPT)
 
 
-def _cell(value) -> str:
+def cell(value) -> str:
+    """A table cell; a number carries its value for sorting."""
     if value is None:
         return '<td data-value="">-</td>'
     if isinstance(value, (int, float)):
         return f'<td data-value="{value}">{value:g}</td>'
     return f"<td>{html.escape(str(value))}</td>"
 
+
+# Sorting by a column heading (numeric where its th says data-numeric="1") and filtering the rows
+# of the table #records, the count of rows shown in #shown: what every page with records shares.
+TABLE_SCRIPT = """const table = document.getElementById("records"), tbody = table.tBodies[0];
+let sorted = {column: -1, up: true};
+function sortBy(column, up) {
+  const numeric = table.tHead.rows[0].cells[column].dataset.numeric === "1";
+  const key = row => numeric ? parseFloat(row.cells[column].dataset.value) : row.cells[column].textContent;
+  const rows = Array.from(tbody.rows);
+  rows.sort((a, b) => {
+    const x = key(a), y = key(b);
+    if (numeric && isNaN(x) !== isNaN(y)) return isNaN(x) ? 1 : -1;
+    const order = numeric ? x - y : x.localeCompare(y);
+    return up ? order : -order;
+  });
+  rows.forEach(row => tbody.appendChild(row));
+  sorted = {column, up};
+}
+for (const th of table.tHead.rows[0].cells) {
+  th.addEventListener("click", () => {
+    const column = th.cellIndex;
+    sortBy(column, sorted.column === column ? !sorted.up : true);
+  });
+}
+document.getElementById("filter").addEventListener("input", event => {
+  const words = event.target.value.toLowerCase();
+  let shown = 0;
+  for (const row of tbody.rows) {
+    const match = row.textContent.toLowerCase().includes(words);
+    row.hidden = !match;
+    shown += match;
+  }
+  document.getElementById("shown").textContent = shown;
+});
+"""
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}: gpt2-lightning run report</title>
@@ -143,40 +180,9 @@ text-align: left; white-space: pre-wrap; }} #records th {{ cursor: pointer; back
 <button id="worst">worst answers first</button> (click a column heading to sort by it)</div>
 <table id="records"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <script>
-const table = document.getElementById("records"), tbody = table.tBodies[0];
-let sorted = {{column: -1, up: true}};
-function sortBy(column, up) {{
-  const numeric = table.tHead.rows[0].cells[column].dataset.numeric === "1";
-  const key = row => numeric ? parseFloat(row.cells[column].dataset.value) : row.cells[column].textContent;
-  const rows = Array.from(tbody.rows);
-  rows.sort((a, b) => {{
-    const x = key(a), y = key(b);
-    if (numeric && isNaN(x) !== isNaN(y)) return isNaN(x) ? 1 : -1;
-    const order = numeric ? x - y : x.localeCompare(y);
-    return up ? order : -order;
-  }});
-  rows.forEach(row => tbody.appendChild(row));
-  sorted = {{column, up}};
-}}
-for (const th of table.tHead.rows[0].cells) {{
-  th.addEventListener("click", () => {{
-    const column = th.cellIndex;
-    sortBy(column, sorted.column === column ? !sorted.up : true);
-  }});
-}}
-document.getElementById("worst").addEventListener("click", () => {{
+{table_script}document.getElementById("worst").addEventListener("click", () => {{
   const rouge = Array.from(table.tHead.rows[0].cells).findIndex(th => th.textContent === "ROUGE-L");
   sortBy(rouge, true);
-}});
-document.getElementById("filter").addEventListener("input", event => {{
-  const words = event.target.value.toLowerCase();
-  let shown = 0;
-  for (const row of tbody.rows) {{
-    const match = row.textContent.toLowerCase().includes(words);
-    row.hidden = !match;
-    shown += match;
-  }}
-  document.getElementById("shown").textContent = shown;
 }});
 </script></body></html>
 """

@@ -3,11 +3,14 @@
 import argparse
 import importlib
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -101,6 +104,44 @@ def test_serve_answers_health_and_chat_from_another_directory(tiny_export, tmp_p
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_serve_on_every_interface_without_a_key_warns_and_with_one_needs_it(tiny_export, tmp_path):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "gpt2_lightning", "serve", str(tiny_export), "--host", "0.0.0.0",
+                               "--port", str(port), "--log-level", "warning"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(60, server.terminate)  # a server that never warns ends the reading
+    timer.start()
+    try:
+        lines = iter(server.stderr.readline, "")  # the warning comes before it serves
+        assert any("warning: serving on 0.0.0.0 without an API key" in line for line in lines)
+    finally:
+        timer.cancel()
+        server.terminate()
+        server.wait(timeout=30)
+    port = free_port()
+    keyed = subprocess.Popen([sys.executable, "-m", "gpt2_lightning", "serve", str(tiny_export), "--port", str(port),
+                              "--log-level", "warning"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "GPT2_LIGHTNING_API_KEY": "secret"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=5).close()
+                break
+            except OSError:
+                assert keyed.poll() is None, keyed.communicate()[1]
+                time.sleep(0.5)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}/v1/models", timeout=10)
+        assert refused.value.code == 401
+        request = urllib.request.Request(f"{url}/v1/models", headers={"Authorization": "Bearer secret"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["data"][0]["object"] == "model"
+    finally:
+        keyed.terminate()
+        keyed.wait(timeout=30)
 
 
 def test_only_user_errors_become_one_line(capsys):

@@ -52,7 +52,11 @@ def test_config_errors_stop_before_any_work(tmp_path):
     result = run_train_py(*TINY, "trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'f'}")
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: Could not override 'trainer.max_epoch'; To append to your config use +trainer.max_epoch=3")
-    assert not any((tmp_path / run / "checkpoints").exists() for run in "abcdef")
+    result = run_train_py(*TINY, "trainer.val_check_interval=10", f"hydra.run.dir={tmp_path / 'g'}")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "error: trainer.val_check_interval=10 is more than the 7 training batches of an epoch: give at most 7, a "
+        "fraction of an epoch (0.5), or trainer.check_val_every_n_epoch=null to count batches across epochs")
+    assert not any((tmp_path / run / "checkpoints").exists() for run in "abcdefg")
 
 
 def test_a_config_that_does_not_compose_is_reported_before_torch_or_lightning_is_imported(tmp_path):

@@ -199,6 +199,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
     callbacks = [*instantiate_list(cfg.get("callbacks")), *extra_callbacks]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, precision=plan.precision,
                                                  logger=instantiate_list(cfg.get("logger")) or False)
+    if train:
+        check_validation_interval(trainer, datamodule)
     if adapter and shards_parameters(trainer.strategy):
         raise ConfigError("adapter=lora trains on one process or with DDP; FSDP would shard the frozen base for nothing")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -280,6 +282,20 @@ def checkpoint_to_resume(ckpt_path: str | None, run_dir: Run) -> str | None:
         return str(last)
     log.info("ckpt_path=auto: no %s yet, starting fresh", last)
     return None
+
+
+def check_validation_interval(trainer: L.Trainer, datamodule: InstructionDataModule) -> None:
+    """A validation every N batches needs N batches in an epoch (Lightning says so only from
+    deep inside ``fit``)."""
+    interval, limit = trainer.val_check_interval, trainer.limit_train_batches
+    if not isinstance(interval, int) or trainer.check_val_every_n_epoch is None:
+        return
+    batches = len(datamodule.train_dataloader())
+    batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    if interval > batches:
+        raise ConfigError(f"trainer.val_check_interval={interval} is more than the {batches} training batches of an "
+                          f"epoch: give at most {batches}, a fraction of an epoch (0.5), or "
+                          "trainer.check_val_every_n_epoch=null to count batches across epochs")
 
 
 def validate_the_last_step(trainer: L.Trainer, tuner: InstructionTuner, datamodule: InstructionDataModule) -> None:

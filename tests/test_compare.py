@@ -40,7 +40,8 @@ def test_a_sweep_folder_stands_for_its_runs_ranked_by_best_val_loss(sweep):
 def test_the_table_says_the_shared_overrides_once_and_each_runs_own_on_its_line(sweep):
     shown = gpt2("compare", str(sweep / "2"), str(sweep), "--sort", "test_loss", cwd=REPO_ROOT)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    first, header, *lines = shown.stdout.splitlines()
+    first, header, *lines, page = shown.stdout.splitlines()
+    assert page == f"page: {sweep / 'compare.html'}"  # in the folder that holds every run
     assert first.startswith("all runs: ") and "model=tiny" in first and "optimizer.lr" not in first
     assert header.split()[:3] == ["#", "run", "overrides"] and len(lines) == 3  # a run given twice is one row
     for line in lines:

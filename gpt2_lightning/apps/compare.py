@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from gpt2_lightning.apps.progress import Progress
@@ -30,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sort", default="best_val_loss", choices=list(COLUMNS), help="rank by this column "
                         "(default: %(default)s; losses and time lowest first, scores highest first)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    parser.add_argument("--html", type=Path, help="where to write the page (default: compare.html in the one folder "
-                        "given, else here)")
+    parser.add_argument("--html", type=Path, help="where to write the page (default: compare.html in the folder "
+                        "that holds all the runs, a sweep's own)")
 
 
 def find_runs(path: Path, depth: int = SEARCH_DEPTH) -> list[Run]:
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> None:
         runs += [r for r in found if r not in runs]
     rows = ranked([row(r) for r in runs], args.sort)
     print(json.dumps(rows, indent=2) if args.json else table(rows))
-    page = args.html or (args.runs[0] / "compare.html" if len(args.runs) == 1 else Path("compare.html"))
+    page = args.html or Path(os.path.commonpath([r.path.resolve() for r in runs])) / "compare.html"
     benchmarks = sorted({name for r in rows for name in r["benchmarks"]})
     write_compare_page(page, rows, {**{key: heading for key, (heading, _) in COLUMNS.items()},
                                     **{name: name for name in benchmarks}})

@@ -216,6 +216,8 @@ def test_a_body_over_the_limit_is_a_413_sent_whole_or_in_chunks(keyed_server):
     assert requests.post(f"{url}/v1/completions", data=big, headers=headers).status_code == 413
     chunked = requests.post(f"{url}/v1/completions", data=iter([big[:5000], big[5000:]]), headers=headers)
     assert chunked.status_code == 413 and "10000" in chunked.json()["error"]["message"]
+    small = json.dumps({"prompt": "Hello", "max_tokens": 2}).encode()
+    assert requests.post(f"{url}/v1/completions", data=iter([small[:5], small[5:]]), headers=headers).ok
     assert requests.get(f"{url}/health").ok
 
 

@@ -130,6 +130,7 @@ def test_a_conversations_next_turns_reuse_its_kept_prefix_and_answer_as_without(
             return answers, engine.prefixes, lengths
 
     with_reuse, kept, lengths = converse(4096)
+    assert kept.positions > 0
     without, _, _ = converse(0)
     assert with_reuse == without
     assert kept.hits == 4  # every turn after the first
@@ -152,3 +153,30 @@ def test_the_prefix_cache_keeps_at_most_its_positions_and_drops_what_a_longer_se
     length, keys, _ = cache.longest([7] * 20 + [1])
     assert length == 20 and keys[0].shape == (2, 20, 4)
     assert cache.longest([7] * 10 + [1]) is None  # below MIN_REUSED shared tokens
+
+
+def test_choices_of_one_prompt_submitted_together_prefill_it_once_and_sample_apart(model):
+    [prompt] = prompts([30], seed=4)
+    with BatchEngine(model, max_batch_size=4, eos_id=-1) as engine:
+        greedy = [Collected(prompt, 6) for _ in range(3)]
+        engine.submit_all([run.seq for run in greedy])
+        answers = [run.wait().tokens for run in greedy]
+        assert engine.prefilled_tokens == len(prompt)
+        sampled = [Collected(prompt, 6, generator=torch.Generator().manual_seed(i), temperature=1.0) for i in range(3)]
+        engine.submit_all([run.seq for run in sampled])
+        assert len({tuple(run.wait().tokens) for run in sampled}) == 3
+    assert answers == [alone(model, prompt, 6)] * 3
+
+
+def test_a_group_that_does_not_fit_in_the_queue_is_refused_whole(model):
+    [prompt] = prompts([5], seed=5)
+    with BatchEngine(model, max_batch_size=1, max_queue=2, eos_id=-1) as engine:
+        first = Collected(prompt, 400)
+        engine.submit(first.seq)
+        while engine.batch_size == 0:  # the first one decodes; the queue is empty
+            time.sleep(0.01)
+        engine.submit(Collected(prompt, 2).seq)
+        with pytest.raises(QueueFull):
+            engine.submit_all([Collected(prompt, 2).seq for _ in range(2)])
+        assert engine.queue_depth == 1
+        first.seq.cancel()

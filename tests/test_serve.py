@@ -193,7 +193,9 @@ def test_metrics_are_prometheus_text_with_queue_batch_tokens_and_latency(server)
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     for name in ("gpt2_queue_depth", "gpt2_batch_size", "gpt2_generated_tokens_total",
-                 "gpt2_generated_tokens_per_second", "gpt2_request_duration_seconds_count"):
+                 "gpt2_generated_tokens_per_second", "gpt2_prompt_tokens_computed_total",
+                 "gpt2_prefix_cache_reused_tokens_total", "gpt2_request_duration_seconds_count"):
         assert f"# TYPE {name.removesuffix('_count')} " in text and name in samples
+    assert samples["gpt2_prompt_tokens_computed_total"] >= 1
     assert samples["gpt2_generated_tokens_total"] >= 1 and samples['gpt2_requests_total{status="200"}'] >= 1
     assert samples['gpt2_request_duration_seconds_bucket{le="+Inf"}'] == samples["gpt2_request_duration_seconds_count"]

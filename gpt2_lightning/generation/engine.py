@@ -108,6 +108,7 @@ class BatchEngine:
         self.rows: list[Generation] = []
         self.waiting: collections.deque[Generation] = collections.deque()
         self.generated_tokens = 0
+        self.prefilled_tokens = 0  # prompt positions computed (not those a kept prefix or a twin prompt gave)
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="batch-engine", daemon=True)
@@ -117,18 +118,26 @@ class BatchEngine:
 
     def submit(self, seq: Generation, block: bool = False) -> Generation:
         """Queue ``seq``; ``QueueFull`` when ``max_queue`` sequences wait already (unless ``block``)."""
+        return self.submit_all([seq], block)[0]
+
+    def submit_all(self, seqs: Sequence[Generation], block: bool = False) -> Sequence[Generation]:
+        """Queue ``seqs`` together (admitted at the same step where rows allow: those with one
+        prompt prefill it once), or none of them: ``QueueFull`` when they do not all fit in the
+        queue (unless ``block``: then wait until they do)."""
         limit = self.cache.max_length
-        if not 0 < len(seq.prompt_ids) < limit:
-            raise ValueError(f"a prompt needs 1 to {limit - 1} tokens, got {len(seq.prompt_ids)}")
-        seq.params = seq.params.with_(max_new_tokens=min(seq.params.max_new_tokens, limit - len(seq.prompt_ids)))
+        for seq in seqs:
+            if not 0 < len(seq.prompt_ids) < limit:
+                raise ValueError(f"a prompt needs 1 to {limit - 1} tokens, got {len(seq.prompt_ids)}")
+        for seq in seqs:
+            seq.params = seq.params.with_(max_new_tokens=min(seq.params.max_new_tokens, limit - len(seq.prompt_ids)))
         with self._wake:
-            while block and len(self.waiting) >= self.max_queue and not self._closed:
+            while block and len(self.waiting) + len(seqs) > max(self.max_queue, len(seqs)) and not self._closed:
                 self._wake.wait()
-            if len(self.waiting) >= self.max_queue:
+            if len(self.waiting) + len(seqs) > max(self.max_queue, len(seqs)):
                 raise QueueFull(f"{len(self.waiting)} requests are waiting already")
-            self.waiting.append(seq)
+            self.waiting.extend(seqs)
             self._wake.notify_all()
-        return seq
+        return seqs
 
     @property
     def queue_depth(self) -> int:
@@ -168,9 +177,10 @@ class BatchEngine:
                     admitted.append(self.waiting.popleft())
                 self._wake.notify_all()  # room in the queue for blocked submitters
             with torch.inference_mode():
+                prefilled: dict = {}
                 for seq in admitted:
                     try:
-                        self._admit(seq)
+                        self._admit(seq, prefilled)
                     except Exception:  # one bad sequence ends alone; the batch goes on
                         seq.finish_reason = "error"
                         if seq not in self.rows:
@@ -180,21 +190,16 @@ class BatchEngine:
                     self._step()
                     self._drop_finished()
 
-    def _admit(self, seq: Generation) -> None:
-        """Prefill ``seq``'s prompt alone, put its keys and values into a free row, emit its
-        first token."""
+    def _admit(self, seq: Generation, prefilled: dict[tuple[int, ...], tuple[KVCache, torch.Tensor]]) -> None:
+        """Prefill ``seq``'s prompt alone (once for the sequences admitted together with the same
+        prompt: ``prefilled``), put its keys and values into a free row, emit its first token."""
         if seq.cancelled.is_set():
             seq.on_finish("cancelled")
             return
-        ids = list(seq.prompt_ids)
-        own = self.model.new_cache(1, len(ids))
-        reused = self.prefixes.longest(ids) if self.prefixes is not None else None
-        if reused is not None:
-            own.length, keys, values = reused
-            for layer in range(self.model.cfg.n_layers):
-                own.keys[layer][0, :, :own.length] = keys[layer]
-                own.values[layer][0, :, :own.length] = values[layer]
-        logits = self.model(torch.tensor([ids[own.length:]], device=self.device), own)[:, -1]
+        ids = tuple(seq.prompt_ids)
+        if ids not in prefilled:
+            prefilled[ids] = self._prefill(list(ids))
+        own, logits = prefilled[ids]
         length = self.cache.length if self.rows else 0
         if len(seq.prompt_ids) > length:
             self._shift(len(seq.prompt_ids) - length)
@@ -207,6 +212,19 @@ class BatchEngine:
         self.cache.length = length
         self.rows.append(seq)
         self._emit(seq, logits)
+
+    def _prefill(self, ids: list[int]) -> tuple[KVCache, torch.Tensor]:
+        """The keys and values of the prompt ``ids`` and the logits after it; only what follows
+        the longest kept prefix is computed."""
+        own = self.model.new_cache(1, len(ids))
+        reused = self.prefixes.longest(ids) if self.prefixes is not None else None
+        if reused is not None:
+            own.length, keys, values = reused
+            for layer in range(self.model.cfg.n_layers):
+                own.keys[layer][0, :, :own.length] = keys[layer]
+                own.values[layer][0, :, :own.length] = values[layer]
+        self.prefilled_tokens += len(ids) - own.length
+        return own, self.model(torch.tensor([ids[own.length:]], device=self.device), own)[:, -1]
 
     def _shift(self, offset: int) -> None:
         """Move every row's keys and values ``offset`` positions (right if positive) and grow

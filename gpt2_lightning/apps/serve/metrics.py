@@ -51,6 +51,11 @@ class Metrics:
                [("", self.engine.generated_tokens)])
         metric("gpt2_generated_tokens_per_second", "gauge", f"Tokens generated per second over the last "
                f"{self.window:g} s.", [("", self.tokens_per_second())])
+        metric("gpt2_prompt_tokens_computed_total", "counter", "Prompt positions prefilled (a kept prefix's are not).",
+               [("", self.engine.prefilled_tokens)])
+        prefixes = self.engine.prefixes
+        metric("gpt2_prefix_cache_reused_tokens_total", "counter", "Prompt positions taken from the prefix cache.",
+               [("", prefixes.reused_positions if prefixes else 0)])
         metric("gpt2_requests_total", "counter", "Completion requests answered, by HTTP status.",
                [(f'{{status="{status}"}}', count) for status, count in sorted(self.requests.items())])
         cumulative = list(itertools.accumulate(self.latency_counts))

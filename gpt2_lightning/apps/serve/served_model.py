@@ -113,13 +113,9 @@ class ServedModel:
                                  params, params.generator(device, offset=index), deadline=deadline)
             seq.top_logprobs, seq.constraint = request.top_logprobs_wanted, constraint
             answers.append(Answer(stream, seq, arrived))
-        submitted = []
         try:
-            for answer in answers:
-                submitted.append(self.engine.submit(answer.seq))
+            self.engine.submit_all([answer.seq for answer in answers])
         except QueueFull as err:
-            for seq in submitted:
-                seq.cancel()
             raise APIError(429, f"the server is busy ({err}); retry shortly", kind="rate_limit_exceeded") from None
         return answers
 

@@ -90,7 +90,7 @@ def test_compare_html_shows_every_run_score_and_answer_and_sorts_in_headless_chr
     pytest.importorskip("lm_eval")
     from tests.test_benchmarks import task_files
 
-    tasks = task_files(tmp_path / "tasks")
+    tasks = task_files(tmp_path)
     evaluated = gpt2("eval", str(sweep / "1"), "--tasks", "tiny_mc", "--include-path", str(tasks), cwd=REPO_ROOT)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     shown = gpt2("compare", str(sweep), cwd=REPO_ROOT)

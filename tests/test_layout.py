@@ -145,8 +145,13 @@ def imported_packages(tree: ast.AST) -> set[str]:
     return names - set(sys.stdlib_module_names) - {"gpt2_lightning"}
 
 
+def normalized(distribution: str) -> str:
+    """A distribution's name as pip compares them (PEP 503): lm_eval and lm-eval are one."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
 def declared(requirements: str) -> set[str]:
-    return {re.split(r"[<>=!~ ;\[]", line.strip())[0].lower() for line in requirements.splitlines()
+    return {normalized(re.split(r"[<>=!~ ;\[]", line.strip())[0]) for line in requirements.splitlines()
             if line.strip() and not line.strip().startswith("#")}
 
 
@@ -163,7 +168,7 @@ def test_every_package_the_library_imports_is_declared_and_optional_ones_load_la
         top_level = imported_packages(ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))],
                                                  type_ignores=[]))
         for name in imported_packages(tree):
-            provided = {d.lower() for d in distributions[name]}
+            provided = {normalized(d) for d in distributions[name]}
             assert provided & (core | optional), f"{path.name} imports {name}, declared nowhere"
             if not provided & core:  # an extra's package: imported where it is used, with a clear error
                 assert name not in top_level, f"{path.name} imports the optional {name} at the top"

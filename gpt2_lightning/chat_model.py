@@ -21,7 +21,7 @@ from gpt2_lightning.errors import DataError
 from gpt2_lightning.export.load import load_model
 from gpt2_lightning.generation.engine import BatchEngine
 from gpt2_lightning.generation.placement import placed_for_generation
-from gpt2_lightning.generation.prefix_cache import DEFAULT_MEGABYTES, positions_in
+from gpt2_lightning.generation.prefix_cache import DEFAULT_MEGABYTES
 from gpt2_lightning.generation.respond import answer_batch
 from gpt2_lightning.generation.sampling import SamplingParams
 from gpt2_lightning.generation.stream import TextStream, stream_answer
@@ -100,7 +100,5 @@ class ChatModel:
 
     def _batch_engine(self) -> BatchEngine:
         if self._engine is None:
-            cfg = self.model.cfg
-            self._engine = BatchEngine(self.model, max_batch_size=self.max_batch_size, prefix_cache_positions=positions_in(
-                DEFAULT_MEGABYTES, cfg.n_layers, cfg.emb_dim, next(self.model.parameters()).dtype))
+            self._engine = BatchEngine(self.model, max_batch_size=self.max_batch_size, prefix_cache_mb=DEFAULT_MEGABYTES)
         return self._engine

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +162,17 @@ def _verify(part: Path, url: str, sha256: str | None, size: int | None) -> None:
             part.unlink()
             raise DownloadError(f"{url}: sha256 mismatch (expected {sha256}, got {actual}); the "
                                 f"corrupt download was removed, try again or check the source")
+
+
+def unreachable_hub(timeout: float = 5.0) -> tuple[str, OSError] | None:
+    """The Hugging Face hub's host and why it cannot be reached now, at once rather than after
+    the hub client's retries; None when it can, or when ``HF_HUB_OFFLINE`` says to read the
+    local Hugging Face cache instead."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return None
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as err:
+        return host, err
+    return None

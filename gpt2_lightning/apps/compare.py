@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from gpt2_lightning.apps.progress import Progress
 from gpt2_lightning.errors import DataError
-from gpt2_lightning.evaluate.compare_page import write_compare_page
+from gpt2_lightning.evaluate.compare_page import shared_overrides, write_compare_page
 from gpt2_lightning.export.run import Run
 
 # column -> (heading, which way is better); the first is the default ranking
@@ -70,14 +71,22 @@ def ranked(rows: list[dict], column: str) -> list[dict]:
     return scored + [r for r in rows if r not in scored]
 
 
+def columns(rows: list[dict]) -> dict[str, Callable[[dict], object]]:
+    """Each column's heading and how a row gives its value: the scores, then every benchmark score
+    any of the runs has."""
+    found = {heading: (lambda r, column=column: r[column]) for column, (heading, _) in COLUMNS.items()}
+    for name in sorted({name for r in rows for name in r["benchmarks"]}):
+        found[name] = lambda r, name=name: r["benchmarks"].get(name)
+    return found
+
+
 def table(rows: list[dict]) -> str:
     """The rows as text: the overrides all runs share once, then one ranked line per run."""
-    shared = set.intersection(*(set(r["overrides"]) for r in rows)) if rows else set()
-    benchmarks = sorted({name for r in rows for name in r["benchmarks"]})
-    header = ["#", "run", "overrides", *(heading for heading, _ in COLUMNS.values()), *benchmarks]
+    shared = shared_overrides(rows)
+    shown = columns(rows)
+    header = ["#", "run", "overrides", *shown]
     lines = [[str(rank), r["run"], " ".join(o for o in r["overrides"] if o not in shared) or "-",
-              *(_number(r[column]) for column in COLUMNS), *(_number(r["benchmarks"].get(b)) for b in benchmarks)]
-             for rank, r in enumerate(rows, start=1)]
+              *(_number(value(r)) for value in shown.values())] for rank, r in enumerate(rows, start=1)]
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
     text = [f"all runs: {' '.join(o for o in rows[0]['overrides'] if o in shared)}"] if shared else []
     text += ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip() for cells in [header, *lines]]
@@ -98,8 +107,6 @@ def run(args: argparse.Namespace) -> None:
     rows = ranked([row(r) for r in runs], args.sort)
     print(json.dumps(rows, indent=2) if args.json else table(rows))
     page = args.html or Path(os.path.commonpath([r.path.resolve() for r in runs])) / "compare.html"
-    benchmarks = sorted({name for r in rows for name in r["benchmarks"]})
-    write_compare_page(page, rows, {**{key: heading for key, (heading, _) in COLUMNS.items()},
-                                    **{name: name for name in benchmarks}})
+    write_compare_page(page, rows, columns(rows))
     if not args.json:
         print(f"page: {page}")

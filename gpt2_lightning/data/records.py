@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2_lightning.errors import DataError
+from gpt2_lightning.fetch import unreachable_hub
 
 Record = dict
 
@@ -101,15 +100,12 @@ def validate_all(raw: list, path: Path | str, fields: FieldNames, fmt: str) -> l
 def check_hub_reachable(spec: str, timeout: float = 5.0) -> None:
     """Stop at once, not after the hub client's minute of retries, when the hub cannot be
     reached; ``HF_HUB_OFFLINE=1`` reads the local Hugging Face cache instead."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
-        return
-    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as err:
+    unreachable = unreachable_hub(timeout)
+    if unreachable is not None:
+        host, err = unreachable
         raise DataError(f"{spec}: the Hugging Face hub ({host}) cannot be reached ({err.strerror or err}); "
                         f"with no network, give data.path a local file, or set HF_HUB_OFFLINE=1 to read the "
-                        f"dataset from the Hugging Face cache") from None
+                        f"dataset from the Hugging Face cache")
 
 
 def read_with_datasets(spec: str, split: str, subset: str | None) -> list[dict]:

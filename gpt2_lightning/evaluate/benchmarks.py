@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
-import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,11 +15,13 @@ import yaml
 
 from gpt2_lightning.errors import ConfigError, DataError
 from gpt2_lightning.evaluate.likelihood import score_tokens
-from gpt2_lightning.generation.engine import BatchEngine, Generation
+from gpt2_lightning.fetch import unreachable_hub
+from gpt2_lightning.generation.engine import BatchEngine
 from gpt2_lightning.generation.sampling import SamplingParams
+from gpt2_lightning.generation.stream import TextStream, generation_for
 from gpt2_lightning.io import read_json, write_json
 from gpt2_lightning.model.gpt import GPTModel
-from gpt2_lightning.model.tokenizer import EOT_ID, decode, encode
+from gpt2_lightning.model.tokenizer import EOT_ID, encode
 
 INSTALL_HINT = "benchmarks need lm-evaluation-harness: pip install 'gpt2-lightning[eval]'"
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's own default for generate_until
@@ -103,41 +103,36 @@ def generate_until(model: GPTModel, requests: Sequence[tuple[str, dict]], batch_
         for text, settings in requests:
             settings = dict(settings or {})
             until = settings.pop("until", None) or []
-            answer = _UntilStop([until] if isinstance(until, str) else list(until))
             temperature = float(settings.pop("temperature", 0.0) or 0.0)
             if not settings.pop("do_sample", temperature > 0):
                 temperature = 0.0
             params = SamplingParams(max(1, min(int(settings.pop("max_gen_toks", DEFAULT_MAX_GEN_TOKS)), context - 1)),
                                     temperature, None, settings.pop("top_p", None), settings.pop("seed", None))
-            answer.seq = Generation(encode(text)[-(context - params.max_new_tokens):] or [EOT_ID], params,
-                                   on_token=answer.on_token, on_finish=lambda reason, a=answer: a.done.set(),
-                                   generator=params.generator(engine.device))
-            engine.submit(answer.seq, block=True)
-            answers.append(answer)
+            answers.append(_UntilStop(encode(text)[-(context - params.max_new_tokens):] or [EOT_ID],
+                                      [until] if isinstance(until, str) else until, params, engine.device))
+        engine.submit_all([answer.seq for answer in answers])
         for answer in answers:
             answer.done.wait()
-    return [answer.text() for answer in answers]
+    return [answer.stream.text for answer in answers]
 
 
 class _UntilStop:
-    """One ``generate_until`` answer: its tokens, ended by the first stop string in its text."""
+    """One ``generate_until`` answer: its text, cut at the first stop string, which also ends its
+    sequence."""
 
-    def __init__(self, until: list[str]):
-        self.until = until
-        self.tokens: list[int] = []
-        self.seq: Generation | None = None
+    def __init__(self, prompt_ids: list[int], until: Sequence[str], params: SamplingParams, device):
+        self.stream = TextStream(prompt_ids, until, answer=False)
         self.done = threading.Event()
+        self.seq = generation_for(self.stream, self._deliver, params, params.generator(device))
 
-    def on_token(self, token: int) -> None:
-        self.tokens.append(token)
-        if self.until and any(stop in decode(self.tokens) for stop in self.until):
+    def _deliver(self, item) -> None:
+        if isinstance(item, tuple):  # the end and its reason: the text so far is the answer
+            self.stream.end(item[1])
+            self.done.set()
+            return
+        self.stream.push(item)
+        if self.stream.finish_reason == "stop":
             self.seq.cancel()
-
-    def text(self) -> str:
-        text = decode(self.tokens)
-        for stop in self.until:
-            text = text.split(stop)[0]
-        return text
 
 
 def run_benchmarks(model: GPTModel, tasks: Sequence[str], include_path: str | Path | None = None,
@@ -178,18 +173,15 @@ def check_hub(manager, tasks: Sequence[str]) -> None:
     """Stop at once, naming the tasks, when some need the Hugging Face hub and it cannot be
     reached (datasets would retry for half a minute first); with ``HF_DATASETS_OFFLINE=1`` the
     cache is used and nothing is checked."""
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+    if os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0"):
         return
     needing = [t for t in tasks if _on_the_hub(manager, t)]
-    if not needing:
-        return
-    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=HUB_TIMEOUT).close()
-    except OSError as err:
+    unreachable = unreachable_hub(HUB_TIMEOUT) if needing else None
+    if unreachable is not None:
+        host, err = unreachable
         raise DataError(f"{', '.join(needing)}: the task data is on the Hugging Face hub, and {host} cannot be "
                         f"reached ({err}); offline, use local task files (--include-path), or a cache filled "
-                        "where there is network with HF_DATASETS_OFFLINE=1") from None
+                        "where there is network with HF_DATASETS_OFFLINE=1")
 
 
 def _on_the_hub(manager, task: str) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 from gpt2_lightning.data.records import reference_answer
@@ -19,20 +20,25 @@ from gpt2_lightning.io import atomic_write, read_json
 GENERATOR = '<meta name="generator" content="gpt2-lightning compare">'
 
 
-def write_compare_page(path: Path, rows: list[dict], columns: dict[str, str]) -> Path:
+def shared_overrides(rows: list[dict]) -> set[str]:
+    """The overrides every one of the runs' ``rows`` was given."""
+    return set.intersection(*(set(r["overrides"]) for r in rows)) if rows else set()
+
+
+def write_compare_page(path: Path, rows: list[dict], columns: dict[str, Callable[[dict], object]]) -> Path:
     """Write the page of the ranked ``rows`` (``gpt2 compare``'s, each with its ``run``) to ``path``;
-    ``columns``: the row keys to show and their headings. A file there that this function did not
-    write is never replaced."""
+    ``columns``: each score's heading and how a row gives it. A file there that this function did
+    not write is never replaced."""
     if path.is_file() and GENERATOR not in path.read_text(encoding="utf-8", errors="replace")[:2000]:
         raise DataError(f"{path} exists and is not a page gpt2 compare wrote; give --html another path")
     runs = [Run(row["run"]) for row in rows]
     names = [f"#{rank} {row['name']}" for rank, row in enumerate(rows, start=1)]
     e = html.escape
-    shared = set.intersection(*(set(r["overrides"]) for r in rows)) if rows else set()
-    ranking_head = "".join(f"<th>{e(h)}</th>" for h in ["#", "run", "overrides", *columns.values()])
+    shared = shared_overrides(rows)
+    ranking_head = "".join(f"<th>{e(h)}</th>" for h in ["#", "run", "overrides", *columns])
     ranking = "".join(
         f"<tr><td>{rank}</td><td>{e(row['run'])}</td><td>{e(' '.join(o for o in row['overrides'] if o not in shared))}"
-        f"</td>{''.join(cell(_value(row, key)) for key in columns)}</tr>" for rank, row in enumerate(rows, start=1))
+        f"</td>{''.join(cell(value(row)) for value in columns.values())}</tr>" for rank, row in enumerate(rows, start=1))
     answers = _answers(runs)
     head = "".join(f'<th data-numeric="{int(i == 0)}">{e(h)}</th>'
                    for i, h in enumerate(["#", "asked", "expected", *names]))
@@ -45,10 +51,6 @@ def write_compare_page(path: Path, rows: list[dict], columns: dict[str, str]) ->
     with atomic_write(path) as f:
         f.write(page)
     return path
-
-
-def _value(row: dict, key: str):
-    return row["benchmarks"].get(key) if key not in row else row[key]
 
 
 def _answers(runs: list[Run]) -> dict[str, dict]:

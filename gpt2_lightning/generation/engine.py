@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-from gpt2_lightning.generation.prefix_cache import PrefixCache
+from gpt2_lightning.generation.prefix_cache import PrefixCache, positions_in
 from gpt2_lightning.generation.sampling import SamplingParams, adjusted_logits, sample_next
 from gpt2_lightning.model.gpt import GPTModel, KVCache
 from gpt2_lightning.model.tokenizer import EOT_ID
@@ -91,11 +91,11 @@ def token_logprobs(logits: torch.Tensor, token: int, top: int) -> TokenLogprobs:
 
 class BatchEngine:
     def __init__(self, model: GPTModel, max_batch_size: int = 8, max_queue: int = 64,
-                 max_length: int | None = None, eos_id: int = EOT_ID, prefix_cache_positions: int = 0):
+                 max_length: int | None = None, eos_id: int = EOT_ID, prefix_cache_mb: float = 0.0):
         """``max_length``: positions of the shared cache (default: the context length); a
-        prompt and its answer must fit in it. ``prefix_cache_positions``: keep the keys and
-        values of finished sequences, up to this many positions, and prefill a new prompt
-        only after the longest kept prefix it begins with (0: keep none)."""
+        prompt and its answer must fit in it. ``prefix_cache_mb``: keep the keys and values of
+        finished sequences in up to this much memory, and prefill a new prompt only after the
+        longest kept prefix it begins with (0: keep none)."""
         self.model = model.eval()
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -104,7 +104,8 @@ class BatchEngine:
         self.device = param.device
         self.cache = KVCache(model.cfg, max_batch_size, max_length, device=param.device, dtype=param.dtype,
                              pad_lengths=torch.zeros(max_batch_size, dtype=torch.long))
-        self.prefixes = PrefixCache(prefix_cache_positions) if prefix_cache_positions else None
+        self.prefixes = PrefixCache(positions_in(prefix_cache_mb, model.cfg.n_layers, model.cfg.emb_dim, param.dtype)) \
+            if prefix_cache_mb else None
         self.rows: list[Generation] = []
         self.waiting: collections.deque[Generation] = collections.deque()
         self.generated_tokens = 0

@@ -15,7 +15,7 @@ DEFAULT_MEGABYTES = 256
 
 
 def positions_in(megabytes: float, n_layers: int, emb_dim: int, dtype: torch.dtype) -> int:
-    """How many positions of keys and values of a model of this shape fit in ``megabytes``."""
+    """How many positions of keys and values of a model of this shape and dtype fit in ``megabytes``."""
     per_position = 2 * n_layers * emb_dim * torch.finfo(dtype).bits // 8
     return int(megabytes * 2**20 // per_position)
 

@@ -35,7 +35,6 @@ from gpt2_lightning.model.tokenizer import EOT_ID, decode, get_tokenizer
 
 RETRY_AFTER = 1  # seconds a client told 429 should wait
 MAX_REQUEST_BYTES = 1 << 20
-OPEN_PATHS = ("/health", "/metrics")  # open without a key, as in vLLM; so are the page and the docs
 
 
 def create_app(model: GPTModel, style: PromptStyle, name: str = "gpt2-lightning", default_max_tokens: int = 256,
@@ -69,7 +68,7 @@ def add_guards(app: FastAPI, api_key: str | None, max_request_bytes: int) -> Non
     async def guard(request: Request, call_next):
         request.state.started = time.monotonic()
         path = request.url.path
-        guarded = path.startswith("/v1/") or path in ("/tokenize", "/detokenize")
+        guarded = path.startswith("/v1/") or path in ("/tokenize", "/detokenize")  # /health, /metrics stay open
         if api_key and guarded and request.method != "OPTIONS":
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
@@ -151,8 +150,7 @@ def add_token_routes(app: FastAPI, served: ServedModel) -> None:
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
-        if any(t >= served.model.cfg.vocab_size for t in body.tokens):
-            raise APIError(400, f"tokens: ids must be below {served.model.cfg.vocab_size}", "tokens")
+        served.check_token_ids(body.tokens, "tokens")
         return {"prompt": decode(body.tokens)}
 
 

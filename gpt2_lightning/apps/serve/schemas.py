@@ -23,8 +23,6 @@ def error_response(status: int, message: str, param: str | None = None, kind: st
                         content={"error": {"message": message, "type": kind, "param": param, "code": None}})
 
 
-# Fields OpenAI accepts without changing the answer; every other unknown field is a 400.
-IGNORED_FIELDS = ("user", "metadata", "store", "service_tier")
 MAX_TOP_LOGPROBS = 20
 MAX_CHOICES = 16
 
@@ -54,8 +52,6 @@ class ResponseFormat(BaseModel):
 
 
 class SamplingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -72,6 +68,7 @@ class SamplingRequest(BaseModel):
     logit_bias: dict[Annotated[str, Field(pattern=r"^\d+$")], Annotated[float, Field(ge=-100, le=100)]] | None = None
     min_tokens: int = Field(0, ge=0)
     response_format: ResponseFormat | None = None
+    # accepted as OpenAI accepts them, changing nothing of the answer; any other field is a 400
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None

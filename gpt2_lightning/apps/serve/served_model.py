@@ -18,7 +18,7 @@ from gpt2_lightning.errors import ConfigError, DataError
 from gpt2_lightning.evaluate.likelihood import TokenScores, score_tokens
 from gpt2_lightning.generation.constraint import JsonConstraint
 from gpt2_lightning.generation.engine import BatchEngine, Generation, QueueFull
-from gpt2_lightning.generation.prefix_cache import DEFAULT_MEGABYTES, positions_in
+from gpt2_lightning.generation.prefix_cache import DEFAULT_MEGABYTES
 from gpt2_lightning.generation.stream import GenerationFailed, TextStream, generation_for
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.tokenizer import encode
@@ -48,10 +48,8 @@ class ServedModel:
         self.name = name
         self.default_max_tokens = default_max_tokens
         self.request_timeout = request_timeout
-        cfg = model.cfg
         self.engine = BatchEngine(model, max_batch_size=max_batch_size, max_queue=max_queue,
-                                  prefix_cache_positions=positions_in(prefix_cache_mb, cfg.n_layers, cfg.emb_dim,
-                                                                      next(model.parameters()).dtype))
+                                  prefix_cache_mb=prefix_cache_mb)
         self.metrics = Metrics(self.engine)
         self.served = 0
 
@@ -80,12 +78,16 @@ class ServedModel:
         if isinstance(prompt, str):
             ids = await asyncio.to_thread(encode, prompt)
             return self.fitting(ids, "prompt") if check_length else ids
-        vocab = self.model.cfg.vocab_size
-        bad = next((i for i, token in enumerate(prompt) if token >= vocab), None)
-        if bad is not None:
-            raise APIError(400, f"prompt: token {prompt[bad]} at position {bad} is not in the vocabulary "
-                           f"(ids 0 to {vocab - 1})", "prompt")
+        self.check_token_ids(prompt, "prompt")
         return self.fitting(list(prompt), "prompt") if check_length else list(prompt)
+
+    def check_token_ids(self, ids: Sequence[int], param: str) -> None:
+        """A 400 naming the first of ``ids`` that is not in the vocabulary."""
+        vocab = self.model.cfg.vocab_size
+        bad = next((i for i, token in enumerate(ids) if token >= vocab), None)
+        if bad is not None:
+            raise APIError(400, f"{param}: token {ids[bad]} at position {bad} is not in the vocabulary "
+                           f"(ids 0 to {vocab - 1})", param)
 
     def fitting(self, ids: list[int], param: str) -> list[int]:
         if len(ids) >= self.context_length:
@@ -104,7 +106,7 @@ class ServedModel:
         loop = asyncio.get_running_loop()
         answers = []
         # compiling a grammar (the first time: loading the grammar engine) takes a while
-        constraints = [await asyncio.to_thread(self.constraint, request) for _ in range(n)]
+        constraints = await asyncio.to_thread(lambda: [self.constraint(request) for _ in range(n)])
         for index, constraint in enumerate(constraints):
             stream = TextStream(ids, [*(self.style.stop_strings if chat else ()), *params.stop], answer=chat)
             arrived: asyncio.Queue = asyncio.Queue()

@@ -83,6 +83,12 @@ def test_sampling_params_refuse_settings_out_of_range():
                        torch.rand(4, generator=torch.Generator().manual_seed(4)))
 
 
+def test_a_temperature_near_zero_samples_the_most_likely_token():
+    logits = torch.randn(3, 50257, generator=torch.Generator().manual_seed(0))
+    picked = sample_next(logits, SamplingParams(temperature=1.6e-218), torch.Generator().manual_seed(1))
+    assert picked.squeeze(1).tolist() == logits.argmax(dim=-1).tolist()
+
+
 def test_penalties_and_biases_reshape_the_logits_as_openai_and_transformers_define_them():
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0, 1.0]])
     params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)

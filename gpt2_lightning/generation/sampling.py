@@ -111,9 +111,11 @@ def adjusted_logits(logits: torch.Tensor, params: SamplingParams, prompt_ids: Se
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token id per row of ``logits [B, vocab]``: argmax at temperature 0, else sampled
     from the temperature-scaled distribution cut to the top-k tokens and the top-p mass."""
-    if params.temperature <= 0.0:
+    if params.temperature < torch.finfo(torch.float32).tiny:  # 0, or too small to divide by in float32
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / params.temperature
+    logits = logits.float()
+    # the best at 0 before scaling: a temperature near 0 makes the rest -inf, never inf / inf
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
     top_k, top_p = params.top_k, params.top_p
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]

@@ -80,12 +80,12 @@ def test_auto_precision_is_measured_once_per_machine_and_never_slower_than_fp32(
     plan = training_plan("cpu", "auto", width=256)
     calibration = tmp_path / "calibration.json"
     measured = json.loads(calibration.read_text())
-    [(key, entry)] = [(k, v) for k, v in measured.items() if "| train |" in k and "bfloat16" in v["seconds"]]
+    [(key, entry)] = [(k, v) for k, v in measured.items() if "| train |" in k and "bfloat16" in v["screen"]]
     assert "| cpu | train | width 256 |" in key
     # fp32 races as it would train: through oneDNN where that measured faster than F.linear
     [onednn] = [v for k, v in measured.items() if k.endswith("| train | width 256 | float32 vs onednn")]
     fp32 = "float32+onednn" if onednn["fastest"] == "onednn" else "float32"
-    assert set(entry["seconds"]) == {fp32, "bfloat16"}
+    assert set(entry["screen"]) == {fp32, "bfloat16"} and fp32 in entry["seconds"]
     assert plan.precision == ("bf16-mixed" if entry["fastest"] == "bfloat16" else "32-true")
     assert entry["seconds"][entry["fastest"]] <= entry["seconds"][fp32]  # never slower than fp32
     assert plan.train.linears == ("onednn" if fp32 == "float32+onednn" and plan.precision == "32-true" else "torch")
@@ -94,10 +94,32 @@ def test_auto_precision_is_measured_once_per_machine_and_never_slower_than_fp32(
     assert training_plan("cpu", "auto", width=256) == plan and calibration.stat().st_mtime_ns == measured_at
     generation = generation_plan("cpu", "auto", width=256)  # its own workload, measured apart
     [generate] = [v for k, v in json.loads(calibration.read_text()).items()
-                  if "| generate | width 256 |" in k and "bfloat16" in v["seconds"]]
+                  if "| generate | width 256 |" in k and "bfloat16" in v["screen"]]
     assert generation.generate.dtype == ("bfloat16" if generate["fastest"] == "bfloat16" else "float32")
     assert generation.generate == plan.generate and generation.train is None
     assert training_plan("cpu", "32-true", width=256).precision == "32-true"
+
+
+def test_a_candidate_far_slower_in_the_first_round_never_runs_the_whole_workload():
+    from gpt2_lightning.backends.cpu.calibrate import SCREEN_FACTOR, screened_race
+
+    runs = []
+
+    def candidate(name, first_round, whole):
+        def seconds(screen):
+            runs.append((name, screen))
+            return first_round if screen else whole
+        return seconds
+
+    race = screened_race({"float32": candidate("float32", 1.0, 10.0),
+                          "emulated": candidate("emulated", SCREEN_FACTOR * 1.01, 1.0),
+                          "close": candidate("close", SCREEN_FACTOR * 0.99, 9.0)})
+    assert runs == [("float32", True), ("emulated", True), ("close", True), ("float32", False), ("close", False)]
+    assert race.fastest == "close" and race.seconds == {"float32": 10.0, "close": 9.0}
+    assert race.screen["emulated"] == SCREEN_FACTOR * 1.01
+    assert "emulated out in the first round" in race.summary() and race.summary().endswith("-> close")
+    # the baseline keeps a tie within 5%
+    assert screened_race({"float32": candidate("a", 1.0, 1.0), "other": candidate("b", 1.0, 0.96)}).fastest == "float32"
 
 
 def test_processes_started_apart_decide_alike_without_measuring(tmp_path, monkeypatch):

@@ -5,13 +5,20 @@ two thirds of it (one Intel Xeon), and one without AVX-512 emulates bf16 20x slo
 execution plan (``backends.plan``) times a few matmuls of the model's width in each
 candidate, once per machine, device, workload and width, and keeps the answer in the user
 cache (``calibration.json``).
+
+A race has two rounds, so that it stays under a second even where a candidate is emulated: in
+the first every candidate runs a small, compute-bound part of the workload, and one more than
+``SCREEN_FACTOR`` times slower there than the baseline is out (emulated bf16: 8x at 256 x 256,
+30x at a batch's size); the others then run the whole workload. A workload timed once in a
+process (fp32 is the baseline of several races) is not timed again.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -25,30 +32,42 @@ log = logging.getLogger(__name__)
 
 CACHE_FILE = "calibration.json"
 MARGIN = 0.95  # another candidate must be 5% faster than the baseline (fp32) to be chosen over it
-TOKENS = {"train": 256, "generate": 1}  # a training batch's tokens; one decoded token
+TOKENS = {"train": 256, "generate": 4}  # a training batch's tokens; tokens decoded one by one
+SCREEN_SIDE = 256  # the first round's product for training: 256 x 256 by 256 x 256
+SCREEN_FACTOR = 3.0  # a candidate that slow against the baseline in the first round is out
+MIN_TIMED_SECONDS = 0.05  # a workload is timed up to 6 times while its runs add up to less
 
 
 @dataclass(frozen=True)
 class Race:
-    """The outcome of timing candidates for one workload: the fastest, and each one's seconds."""
+    """The outcome of timing candidates for one workload: the fastest, each finalist's seconds
+    of the whole workload and every candidate's seconds in the first round."""
 
     fastest: str
     seconds: dict[str, float]
+    screen: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return ", ".join(f"{name} {s * 1e3:.2f} ms" for name, s in self.seconds.items()) + f" -> {self.fastest}"
+        first = next(iter(self.screen), None)
+        out = [f"{name} out in the first round ({s * 1e3:.2f} ms against {self.screen[first] * 1e3:.2f})"
+               for name, s in self.screen.items() if name not in self.seconds]
+        return ", ".join([f"{name} {s * 1e3:.2f} ms" for name, s in self.seconds.items()] + out) + \
+            f" -> {self.fastest}"
+
+
+Candidate = Callable[[bool], float]  # the fewest seconds of the workload (True: of the first round's)
 
 
 def dtype_race(device: torch.device | str, workload: str, width: int, onednn: bool = False) -> Race:
     """fp32 against bf16 for ``workload`` (``train``: matmuls of a batch of tokens and their
-    gradients; ``generate``: one token through the weights) on ``device`` for a model of
-    ``width``; fp32 as it would run (``onednn``: its linear layers through oneDNN). bf16 wins
-    only by 5%."""
+    gradients; ``generate``: tokens one by one through the weights) on ``device`` for a model
+    of ``width``; fp32 as it would run (``onednn``: its linear layers through oneDNN). bf16
+    wins only by 5%."""
     device = torch.device(device)
-    timed = functools.partial(_time, device, workload, min(width, 768))
+    timed = functools.partial(_seconds, device, workload, min(width, 768))
     fp32 = "float32+onednn" if onednn else "float32"
-    return _race(device, workload, width, {fp32: functools.partial(timed, torch.float32, onednn=onednn),
-                                           "bfloat16": functools.partial(timed, torch.bfloat16)})
+    return _race(device, workload, width, {fp32: functools.partial(timed, torch.float32, onednn),
+                                           "bfloat16": functools.partial(timed, torch.bfloat16, False)})
 
 
 def onednn_race(width: int, workload: str) -> Race | None:
@@ -56,67 +75,109 @@ def onednn_race(width: int, workload: str) -> Race | None:
     ``dtype_race``) in fp32 on this CPU; None where oneDNN's op is not available."""
     if not onednn_available():
         return None
-    timed = functools.partial(_time, torch.device("cpu"), workload, min(width, 768), torch.float32)
+    timed = functools.partial(_seconds, torch.device("cpu"), workload, min(width, 768), torch.float32)
     return _race(torch.device("cpu"), workload, width,
-                 {"float32": timed, "onednn": functools.partial(timed, onednn=True)})
+                 {"float32": functools.partial(timed, False), "onednn": functools.partial(timed, True)})
 
 
-def _race(device: torch.device, workload: str, width: int, candidates: dict) -> Race:
-    """The fastest of ``candidates`` (name -> seconds of a timed run), the first name being the
-    baseline another must beat by 5%; remembered per machine in the cache."""
+def _race(device: torch.device, workload: str, width: int, candidates: dict[str, Candidate]) -> Race:
+    """The fastest of ``candidates``, the first being the baseline another must beat by 5%, in
+    the two rounds of the module's docstring; remembered per machine in the cache."""
     here = machine()
     key = f"{here} | {device.type} | {workload} | width {width} | {' vs '.join(candidates)}"
     path = cache_dir() / CACHE_FILE
     known = _read(path).get(key)
     if isinstance(known, dict) and known.get("fastest") in candidates and isinstance(known.get("seconds"), dict):
-        return Race(known["fastest"], known["seconds"])
-    seconds = {name: run() for name, run in candidates.items()}
-    baseline = next(iter(seconds))
-    fastest = min(seconds, key=lambda name: seconds[name] / (1 if name == baseline else MARGIN))
-    race = Race(fastest, seconds)
+        return Race(known["fastest"], known["seconds"], known.get("screen") or {})
+    race = screened_race(candidates)
     log.info("measured %s matmuls on %s (%s): %s", workload, device.type, here, race.summary())
     try:
-        write_json(path, {**_read(path), key: {"fastest": fastest, "seconds": seconds}})
+        write_json(path, {**_read(path), key: {"fastest": race.fastest, "seconds": race.seconds,
+                                               "screen": race.screen}})
     except OSError as err:  # an unwritable cache only costs measuring again next time
         log.warning("cannot keep the measurement in %s: %s", path, err.strerror)
     return race
 
 
-def _time(device: torch.device, workload: str, width: int, dtype: torch.dtype, repeats: int = 5,
-          onednn: bool = False) -> float:
-    """Fewest seconds of the workload on a GPT-2 MLP's weights (``nn.Linear`` layout): for
-    ``train`` forward and backward from fp32 weights, under autocast to ``dtype`` as mixed
-    precision runs it; for ``generate`` 8 tokens one by one through weights in ``dtype``
-    (``onednn``: through ``OneDNNLinear``), four MLPs' worth, more than a CPU cache holds, as
-    decoding streams every weight from memory."""
-    generator = torch.Generator(device=device).manual_seed(0)
+def screened_race(candidates: dict[str, Candidate]) -> Race:
+    """The two rounds: every candidate in the first, the ones within ``SCREEN_FACTOR`` of the
+    baseline (the first candidate) there in the second, the whole workload."""
+    screen = {name: seconds(True) for name, seconds in candidates.items()}
+    baseline = next(iter(candidates))
+    seconds = {name: run(False) for name, run in candidates.items()
+               if screen[name] <= SCREEN_FACTOR * screen[baseline]}
+    fastest = min(seconds, key=lambda name: seconds[name] / (1 if name == baseline else MARGIN))
+    return Race(fastest, seconds, screen)
+
+
+@functools.lru_cache(maxsize=64)
+def _seconds(device: torch.device, workload: str, width: int, dtype: torch.dtype, onednn: bool,
+             screen: bool) -> float:
+    """Fewest seconds of ``_workload``'s run (``screen``: of the first round's)."""
+    run = _workload(device, workload, width, dtype, onednn, screen)
+    # The fewest seconds of at least two runs: the first may build kernels (oneDNN does), and
+    # the fewest are the least disturbed by whatever else runs.
+    times = timings(run, 2, warmup=0)
+    while len(times) < 6 and sum(times) < MIN_TIMED_SECONDS:
+        times += timings(run, 1, warmup=0)
+    return min(times)
+
+
+def _workload(device: torch.device, workload: str, width: int, dtype: torch.dtype, onednn: bool,
+              screen: bool) -> Callable[[], None]:
+    """One run of the workload on a GPT-2 MLP's weights (``onednn``: through ``OneDNNLinear``):
+    for ``train`` a batch's forward and backward from fp32 weights under autocast to ``dtype``, as
+    mixed precision runs it; for ``generate`` tokens one by one through weights in ``dtype``, four
+    MLPs' worth, more than a CPU cache holds, as decoding streams every weight from memory. The
+    first round (``screen``): for ``train`` one square product of at most 256 (compute-bound, as
+    a batch's products are, at a fraction of their work); for ``generate`` one token through one
+    MLP."""
     train = workload == "train"
-    shapes = [(width, 4 * width), (4 * width, width)] * (1 if train else 4)
-    layers = [nn.Linear(*shape, bias=False, device=device) for shape in shapes]
-    for layer in layers:
-        layer.weight.data.normal_(generator=generator)
-    x = torch.randn(TOKENS[workload], width, device=device, generator=generator)
+    if train and screen:
+        side = min(width, SCREEN_SIDE)
+        weights = [torch.randn(side, side, device=device)]
+    else:
+        weights = _weights(device, width)
+        if not train and not screen:  # four MLPs: no weight stays in a cache
+            weights = [w.clone() for w in weights * 4]
+    layers = [_linear(weight) for weight in weights]
+    tokens = weights[0].shape[1] if train and screen else 1 if screen else TOKENS[workload]
+    x = torch.randn(tokens if train else 1, weights[0].shape[1], device=device)
     if not train:
         layers, x = [layer.to(dtype).requires_grad_(False) for layer in layers], x.to(dtype)
     if onednn:
         layers = [OneDNNLinear(layer) for layer in layers]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=train and dtype != torch.float32)
+    backward = train and not screen
 
     def run() -> None:
-        with torch.enable_grad() if train else torch.inference_mode():
-            for _ in range(1 if train else 8):
+        with torch.enable_grad() if backward else torch.inference_mode():
+            for _ in range(1 if train else tokens):
                 out = x
                 with autocast:
                     for layer in layers:
                         out = layer(out)
-                if train:
+                if backward:
                     out.float().sum().backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    # Two warm-up runs (oneDNN builds its kernels on the first calls); the fewest seconds are
-    # the least disturbed by whatever else runs.
-    return min(timings(run, repeats, warmup=2))
+    return run
+
+
+def _linear(weight: torch.Tensor) -> nn.Linear:
+    """A bias-free ``nn.Linear`` holding ``weight`` (none of its own initialisation's time)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    layer.weight = nn.Parameter(weight)
+    return layer
+
+
+@functools.lru_cache(maxsize=1)
+def _weights(device: torch.device, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normal random weights of a GPT-2 MLP's two layers (``nn.Linear`` layout), made once."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    return tuple(torch.randn(*shape, device=device, generator=generator)
+                 for shape in [(4 * width, width), (width, 4 * width)])
 
 
 def _read(path) -> dict:

@@ -125,17 +125,51 @@ def plain_loop(data: Path, epochs: int) -> tuple[float, float]:
 def through_train_py(data: Path, epochs: int) -> tuple[float, float, str]:
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(REPO / "train.py"), "model=gpt2-small", "model.pretrained=false",
-                        f"data.path={data}", "data.url=null", f"trainer.max_epochs={epochs}", "test=false",
-                        "respond=false", "plot=false", "export=false", "callbacks.progress_bar.refresh_rate=0",
-                        f"hydra.run.dir={run_dir}"], check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, str(REPO / "train.py"), "model=gpt2-small", "model.pretrained=false",
+                               f"data.path={data}", "data.url=null", f"trainer.max_epochs={epochs}", "test=false",
+                               "respond=false", "plot=false", "export=false", "callbacks.progress_bar.refresh_rate=0",
+                               "+trainer.profiler=simple", f"hydra.run.dir={run_dir}"],
+                              check=True, capture_output=True, text=True)
         elapsed = time.perf_counter() - start
+        print_phases(done.stdout + done.stderr, elapsed)
         log = (Path(run_dir) / "train.log").read_text()
         logged = read_scalars(Path(run_dir) / "tensorboard")["val_loss"][-1][1]
         model, _ = model_from_checkpoint(Path(run_dir) / "checkpoints" / "last.ckpt")
     precision = log.split("precision ")[1].split()[0]
     print(f"train.py ran with precision {precision}; its last logged val_loss {logged:.4f}")
     return elapsed, score(model, data), precision
+
+
+# Lightning's SimpleProfiler actions that make up a run, and what to call them.
+PHASES = {"run_training_batch": "training steps (forward, backward, optimizer)",
+          "[_EvaluationLoop].val_next": "validation batches (loading)",
+          "[Strategy]SingleDeviceStrategy.validation_step": "validation steps",
+          "[_TrainingEpochLoop].train_dataloader_next": "training batches (loading)",
+          "save_checkpoint": "checkpoint writes"}
+
+
+def print_phases(output: str, elapsed: float) -> None:
+    """Where ``train.py``'s process spent its time, from Lightning's SimpleProfiler report."""
+    totals = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) >= 5 and cells[1] in PHASES:
+            totals[cells[1]] = float(cells[4])
+    for action, seconds in totals.items():
+        print(f"  {PHASES[action]:48s} {seconds:7.1f} s")
+    print(f"  {'the rest (start-up, calibration, data, Lightning)':48s} {elapsed - sum(totals.values()):7.1f} s")
+
+
+def compute_floor(data: Path, epochs: int, precision: str) -> tuple[float, int]:
+    """Seconds of 6 x parameters x the training split's real tokens at the measured peak matmul
+    throughput in ``precision`` (no padding, no attention, no validation), and those tokens."""
+    from train_step import peak_matmul_flops
+
+    train, _, _ = split_records(load_records(data))
+    tokens = epochs * sum(len(item) for item in encoded(train))
+    params = sum(p.numel() for p in GPTModel(GPTConfig.from_name("gpt2-small")).parameters())
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+    return 6 * params * tokens / peak_matmul_flops(torch.device(training_device("auto")), dtype), tokens
 
 
 def through_trl(data: Path, epochs: int, bf16: bool) -> tuple[float, float]:
@@ -166,7 +200,10 @@ def main() -> None:
     for side, (seconds, loss, precision) in results.items():
         print(f"{SIDES[side]:45s} {seconds:7.1f} s, {precision}, final val loss {loss:.4f}")
     if "ours" in results:
-        ours_s, ours_loss, _ = results["ours"]
+        ours_s, ours_loss, precision = results["ours"]
+        floor, tokens = compute_floor(args.data, args.epochs, precision)
+        print(f"compute floor ({tokens} real tokens, 6 x parameters each, at the measured peak {precision} "
+              f"matmul): {floor:.1f} s; train.py {ours_s / floor:.2f}x the floor")
         for side, (seconds, loss, _) in results.items():
             if side != "ours":
                 print(f"train.py against {side}: {seconds / ours_s:.2f}x faster, val loss "

@@ -30,29 +30,41 @@ def test_chunked_cross_entropy_equals_torch_in_value_and_gradient(dtype, chunk_r
 
 
 @pytest.mark.parametrize("kind", ["fp32", "fp32 through oneDNN", "bf16 autocast"])
-def test_head_logits_in_vocabulary_blocks_equal_the_head_in_value_and_gradients(kind):
-    from gpt2_lightning.backends.cpu.loss import head_logits
-    from gpt2_lightning.backends.cpu.onednn import WEIGHT_GRAD_BLOCK_ROWS, OneDNNLinear
+@pytest.mark.parametrize("per_row", [False, True], ids=["mean", "per-row"])
+def test_the_head_in_vocabulary_blocks_with_its_loss_equals_the_head_and_torch_cross_entropy(kind, per_row):
+    from gpt2_lightning.backends.cpu.loss import token_losses
+    from gpt2_lightning.backends.cpu.onednn import HEAD_BLOCK_ROWS, OneDNNLinear
 
     gen = torch.Generator().manual_seed(0)
-    head = torch.nn.Linear(32, 2 * WEIGHT_GRAD_BLOCK_ROWS + 5, bias=False)  # two whole blocks and a part
+    head = torch.nn.Linear(32, 2 * HEAD_BLOCK_ROWS + 5, bias=False)  # two whole blocks and a part
     if kind == "fp32 through oneDNN":
         head = OneDNNLinear(head)
     hidden = torch.randn(9, 32, generator=gen)
-    grad = torch.randn(9, head.out_features, generator=gen)
+    targets = torch.randint(0, head.out_features, (9,), generator=gen)
+    row_weights = torch.rand(9, generator=gen)  # what flows back into per-row losses (DPO's sums)
+    count = torch.tensor(7)
+
+    def reference(h):
+        losses = F.cross_entropy(head(h).float(), targets, reduction="none")
+        return losses if per_row else losses.sum() / count
+
+    def blocked(h):
+        return token_losses(head, h, targets) if per_row else head_loss(head, h, targets, count)
+
     results = []
-    for product in (head, lambda h: head_logits(head, h)):
+    for loss_fn in (reference, blocked):
         head.weight.grad = None
         h = hidden.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "bf16 autocast"):
-            logits = product(h)
-        logits.backward(grad.to(logits.dtype))
-        results.append((logits, h.grad, head.weight.grad))
-    (logits, grad_hidden, grad_weight), (blocked, blocked_grad_hidden, blocked_grad_weight) = results
-    assert blocked.dtype == logits.dtype and blocked_grad_weight.dtype == torch.float32
-    torch.testing.assert_close(blocked, logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(blocked_grad_hidden, grad_hidden, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(blocked_grad_weight, grad_weight, atol=1e-5, rtol=1e-5)
+            loss = loss_fn(h)
+        ((loss * row_weights).sum() if per_row else 3 * loss).backward()
+        results.append((loss, h.grad, head.weight.grad))
+    (loss, grad_hidden, grad_weight), (ours, ours_grad_hidden, ours_grad_weight) = results
+    assert ours.dtype == torch.float32 and ours_grad_weight.dtype == torch.float32
+    tolerance = dict(atol=1e-5, rtol=1e-5) if kind != "bf16 autocast" else dict(atol=1e-4, rtol=1e-2)
+    torch.testing.assert_close(ours, loss, **tolerance)
+    torch.testing.assert_close(ours_grad_hidden, grad_hidden, **tolerance)
+    torch.testing.assert_close(ours_grad_weight, grad_weight, **tolerance)
 
 
 def test_chunked_cross_entropy_without_gradient_keeps_no_buffer():

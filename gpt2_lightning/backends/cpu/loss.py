@@ -1,12 +1,16 @@
 """The LM head and its cross-entropy on a CPU: the same values and gradients as
 ``F.cross_entropy(head(hidden).float(), targets, reduction="sum") / count``, faster.
 
-- The cross-entropy runs in fp32 chunks of rows, its gradient computed in the forward pass:
-  the whole batch's fp32 log-probabilities never exist, and ``loss.backward()`` itself is no
-  pass over the logits (1.9x / 3.5x faster than ``F.cross_entropy`` over fp32 / bf16 logits).
-- The head's weight gradient is computed ``WEIGHT_GRAD_BLOCK_ROWS`` vocabulary rows at a time
-  (2.3x faster in bf16 than one product over GPT-2's 50257 rows), through oneDNN in fp32
-  where the head is a ``OneDNNLinear``.
+- The head's product runs ``HEAD_BLOCK_ROWS`` vocabulary rows at a time, forward and for the
+  weight's gradient: one product over GPT-2's 50257 rows ran 1.4x slower forward (AMD EPYC Zen
+  3, 2048 rows: 90 against 117-131 GFLOP/s in blocks of 2048-4096, fp32), and its weight
+  gradient 2.3x slower in bf16 and 1.5x in fp32 through oneDNN (Zen 4; 2048-16384 rows measured
+  alike), through oneDNN in fp32 where the head is a ``OneDNNLinear``.
+- The cross-entropy runs in fp32 chunks of rows, its gradient computed in the forward pass and
+  written over the logits, which nothing else reads: the whole batch's fp32 log-probabilities
+  never exist, and ``loss.backward()`` itself is no pass over the logits (1.9x / 3.5x faster than
+  ``F.cross_entropy`` over fp32 / bf16 logits; chunks of 5 to 320 rows of 50257 logits measured
+  alike on Zen 3, 2^18-2^20 logits fastest on Zen 4).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from gpt2_lightning.backends.cpu.onednn import WEIGHT_GRAD_BLOCK_ROWS, OneDNNLinear, onednn_mm, weight_gradient
+from gpt2_lightning.backends.cpu.onednn import HEAD_BLOCK_ROWS, OneDNNLinear, onednn_mm, weight_gradient
 
 # Logit elements per chunk of rows: 2^18-2^20 measured fastest (AMD EPYC, 2048 x 50257 logits,
 # forward + backward: 169-172 ms fp32 and 144-168 ms bf16 logits, against 176-282 / 216-372 ms
@@ -26,44 +30,54 @@ CHUNK_ELEMENTS = 1 << 20
 def head_loss(head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
               count: torch.Tensor | int) -> torch.Tensor:
     """The summed cross-entropy of ``head(hidden)`` against ``targets``, divided by ``count``."""
-    return cross_entropy(head_logits(head, hidden), targets, count)
-
-
-def head_logits(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
-    """``head(hidden)``, with the weight's gradient computed in blocks of vocabulary rows (also
-    under autocast) where the head is a bias-free CPU layer with more rows than a block."""
-    if (hidden.device.type != "cpu" or head.bias is not None or head.weight.shape[0] <= WEIGHT_GRAD_BLOCK_ROWS
-            or torch.compiler.is_compiling()):
-        return head(hidden)
-    return _VocabBlockedHead.apply(hidden, head.weight, isinstance(head, OneDNNLinear))
-
-
-class _VocabBlockedHead(torch.autograd.Function):
-    """``hidden @ weight.T`` in the autocast dtype where autocast is on (as ``F.linear`` would
-    run), through oneDNN where ``onednn`` and fp32."""
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, onednn: bool) -> torch.Tensor:
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
-        hidden_, weight_ = hidden.to(dtype), weight.to(dtype)
-        ctx.save_for_backward(hidden_, weight_)
-        ctx.mm = onednn_mm if onednn and dtype == torch.float32 else torch.mm
-        ctx.dtypes = hidden.dtype, weight.dtype
-        return ctx.mm(hidden_, weight_.t())
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        hidden, weight = ctx.saved_tensors
-        grad = grad.to(weight.dtype)
-        grad_hidden = ctx.mm(grad, weight).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        grad_weight = weight_gradient(grad, hidden, ctx.mm).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None
+    if _blocked(head, hidden):
+        return _HeadCrossEntropy.apply(hidden, head.weight, targets, count, isinstance(head, OneDNNLinear))
+    return cross_entropy(head(hidden), targets, count)
 
 
 def token_losses(head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The cross-entropy of ``head(hidden)`` against ``targets`` per row ``[N]``."""
-    return cross_entropy(head_logits(head, hidden), targets, per_row=True)
+    if _blocked(head, hidden):
+        return _HeadCrossEntropy.apply(hidden, head.weight, targets, None, isinstance(head, OneDNNLinear))
+    return cross_entropy(head(hidden), targets, per_row=True)
+
+
+def _blocked(head: nn.Linear, hidden: torch.Tensor) -> bool:
+    """Whether the head runs in vocabulary blocks: a bias-free CPU layer with more rows than a block."""
+    return (hidden.device.type == "cpu" and head.bias is None and head.weight.shape[0] > HEAD_BLOCK_ROWS
+            and not torch.compiler.is_compiling())
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """``cross_entropy(hidden @ weight.T, targets, count)``, the product in the autocast dtype
+    where autocast is on (as ``F.linear`` would run it), through oneDNN where ``onednn`` and fp32;
+    ``count=None``: each row's cross-entropy."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                count: torch.Tensor | int | None, onednn: bool) -> torch.Tensor:
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
+        hidden_, weight_ = hidden.to(dtype), weight.to(dtype)
+        mm = onednn_mm if onednn and dtype == torch.float32 else torch.mm
+        logits = hidden_.new_empty(len(hidden_), len(weight_))
+        for start in range(0, len(weight_), HEAD_BLOCK_ROWS):
+            block = slice(start, start + HEAD_BLOCK_ROWS)
+            logits[:, block] = mm(hidden_, weight_[block].t())  # a contiguous product, then copied
+        needs_grad = any(ctx.needs_input_grad[:2])
+        losses = _chunked_cross_entropy(logits, targets, count, _chunk_rows(logits),
+                                        grad=logits if needs_grad else None)
+        ctx.save_for_backward(hidden_, weight_, logits if needs_grad else None)
+        ctx.mm, ctx.count, ctx.dtypes = mm, count, (hidden.dtype, weight.dtype)
+        return losses
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        hidden, weight, grad = ctx.saved_tensors
+        grad = _scaled(grad, grad_output, per_row=ctx.count is None)
+        grad_hidden = ctx.mm(grad, weight).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        grad_weight = weight_gradient(grad, hidden, ctx.mm).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None, None
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor | int | None = None,
@@ -73,8 +87,45 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: torch.Tens
     with ``per_row``, each row's cross-entropy ``[N]`` (``reduction="none"``)."""
     count = None if per_row else len(targets) if count is None else count
     if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ELEMENTS // logits.shape[-1])
+        chunk_rows = _chunk_rows(logits)
     return _ChunkedCrossEntropy.apply(logits, targets, count, chunk_rows)
+
+
+def _chunk_rows(logits: torch.Tensor) -> int:
+    return max(1, CHUNK_ELEMENTS // logits.shape[-1])
+
+
+def _chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor | int | None,
+                           chunk_rows: int, grad: torch.Tensor | None) -> torch.Tensor:
+    """Summed cross-entropy / ``count`` (``count=None``: each row's) of ``logits``, ``chunk_rows``
+    rows at a time; d loss / d logits into ``grad`` (where given: a buffer of the logits' shape
+    and dtype, or the logits themselves)."""
+    losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    minus_one = torch.full((chunk_rows, 1), -1.0, device=logits.device)
+    for start in range(0, logits.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        chunk = logits[rows].float()  # a copy, unless the logits are fp32 already
+        target = targets[rows].unsqueeze(1)
+        log_norm = torch.logsumexp(chunk, dim=1, keepdim=True)
+        losses[rows] = (log_norm - chunk.gather(1, target)).squeeze(1)
+        if grad is not None:  # d loss / d logits = (softmax - one_hot(target)) / count
+            fp32 = grad.dtype == torch.float32  # then written in place, else through the copy
+            probs = torch.sub(chunk, log_norm, out=grad[rows] if fp32 else chunk).exp_()
+            probs.scatter_add_(1, target, minus_one[:len(target)])
+            if count is not None:  # per row: each row's own gradient, undivided
+                probs.div_(count)
+            if not fp32:
+                grad[rows] = probs
+    return losses if count is None else losses.sum() / count
+
+
+def _scaled(grad: torch.Tensor, grad_output: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """d loss / d logits times the gradient flowing into the loss (``per_row``: one per row)."""
+    if per_row:
+        return grad * grad_output.unsqueeze(1).to(grad.dtype)
+    if grad_output.item() == 1.0:  # loss.backward() itself: no pass over the logits (no wait on a CPU)
+        return grad
+    return grad * grad_output
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -82,32 +133,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor | int | None,
                 chunk_rows: int) -> torch.Tensor:
         """Summed cross-entropy / ``count``; with ``count=None``, each row's cross-entropy."""
-        losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
-        minus_one = torch.full((chunk_rows, 1), -1.0, device=logits.device)
-        for start in range(0, logits.shape[0], chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            chunk = logits[rows].float()  # a copy, unless the logits are fp32 already
-            target = targets[rows].unsqueeze(1)
-            log_norm = torch.logsumexp(chunk, dim=1, keepdim=True)
-            losses[rows] = (log_norm - chunk.gather(1, target)).squeeze(1)
-            if grad is not None:  # d loss / d logits = (softmax - one_hot(target)) / count
-                fp32 = grad.dtype == torch.float32  # then written in place, else through the copy
-                probs = torch.sub(chunk, log_norm, out=grad[rows] if fp32 else chunk).exp_()
-                probs.scatter_add_(1, target, minus_one[:len(target)])
-                if count is not None:  # per row: each row's own gradient, undivided
-                    probs.div_(count)
-                if not fp32:
-                    grad[rows] = probs
         ctx.save_for_backward(grad)
         ctx.per_row = count is None
-        return losses if ctx.per_row else losses.sum() / count
+        return _chunked_cross_entropy(logits, targets, count, chunk_rows, grad)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (grad,) = ctx.saved_tensors
-        if ctx.per_row:
-            return grad * grad_output.unsqueeze(1).to(grad.dtype), None, None, None
-        if grad_output.item() == 1.0:  # loss.backward() itself: no pass over the logits (no wait on a CPU)
-            return grad, None, None, None
-        return grad * grad_output, None, None, None
+        return _scaled(grad, grad_output, ctx.per_row), None, None, None

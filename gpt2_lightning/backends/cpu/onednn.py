@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-# Output rows per block of a weight gradient: one product over the 50257 rows of GPT-2's LM
-# head ran 2.3x slower in bf16 and 1.5x slower in fp32 through oneDNN than blocks of 2048-16384
-# rows, which measured alike (AMD EPYC, 447 input rows of gpt2-small).
-WEIGHT_GRAD_BLOCK_ROWS = 8192
+# Output rows per block of a weight gradient (and of the LM head's product, ``loss``): one
+# product over the 50257 rows of GPT-2's LM head ran 2.3x slower in bf16 and 1.5x slower in fp32
+# through oneDNN than blocks of 2048-16384 rows, which measured alike (AMD EPYC Zen 4, 447 input
+# rows of gpt2-small); its forward product 1.4x slower than blocks of 2048-4096 (Zen 3, fp32).
+HEAD_BLOCK_ROWS = 4096
 
 
 def onednn_available() -> bool:
@@ -43,10 +44,10 @@ def onednn_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None)
 
 def weight_gradient(grad: torch.Tensor, x: torch.Tensor, mm=torch.mm) -> torch.Tensor:
     """``grad.T @ x`` (``[out, in]`` for ``grad [N, out]``, ``x [N, in]``) by ``mm``,
-    ``WEIGHT_GRAD_BLOCK_ROWS`` output rows at a time."""
+    ``HEAD_BLOCK_ROWS`` output rows at a time."""
     result = grad.new_empty(grad.shape[1], x.shape[1])
-    for start in range(0, len(result), WEIGHT_GRAD_BLOCK_ROWS):
-        rows = slice(start, start + WEIGHT_GRAD_BLOCK_ROWS)
+    for start in range(0, len(result), HEAD_BLOCK_ROWS):
+        rows = slice(start, start + HEAD_BLOCK_ROWS)
         mm(grad[:, rows].t(), x, out=result[rows])
     return result
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 
+from gpt2_lightning.backends.machine import machine
+
 MEASURE = """
 import time
 from gpt2_lightning.backends import training_plan
@@ -26,8 +28,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--widths", type=int, nargs="+", default=[768, 1024, 64])
     args = parser.parse_args()
-    from gpt2_lightning.backends.machine import machine
-
     print(machine())
     for width in args.widths:
         with tempfile.TemporaryDirectory() as cache:

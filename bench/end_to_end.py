@@ -167,7 +167,8 @@ def compute_floor(data: Path, epochs: int, precision: str) -> tuple[float, int]:
 
     train, _, _ = split_records(load_records(data))
     tokens = epochs * sum(len(item) for item in encoded(train))
-    params = sum(p.numel() for p in GPTModel(GPTConfig.from_name("gpt2-small")).parameters())
+    with torch.device("meta"):  # the shape alone
+        params = sum(p.numel() for p in GPTModel(GPTConfig.from_name("gpt2-small")).parameters())
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
     return 6 * params * tokens / peak_matmul_flops(torch.device(training_device("auto")), dtype), tokens
 

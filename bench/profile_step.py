@@ -12,7 +12,6 @@ the ops by the largest gap between ours and the first peer, in ms per step.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SEED_DATA, machine  # noqa: E402
-from train_step import DTYPES, loss_function, random_batches, seed_batches  # noqa: E402
+from train_step import DTYPES, random_batches, seed_batches, trainer  # noqa: E402
 
 from gpt2_lightning.backends.cpu.allocator import keep_freed_memory  # noqa: E402
 from gpt2_lightning.backends.machine import cpu_identity  # noqa: E402
@@ -30,24 +29,11 @@ from gpt2_lightning.model.gpt import GPTConfig  # noqa: E402
 
 def op_times(name: str, cfg, batches, precision: str, steps: int) -> dict[str, float]:
     """Self CPU ms per step of each op for implementation ``name``."""
-    model, loss_fn = loss_function(name, cfg, torch.device("cpu"), precision)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True)
-    autocast = (torch.autocast("cpu", dtype=DTYPES[precision]) if precision != "fp32"
-                else contextlib.nullcontext())
-
-    def step(x, y) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = loss_fn(x, y)
-        loss.backward()
-        optimizer.step()
-
-    for x, y in batches:
-        step(x, y)
+    train = trainer(name, cfg, torch.device("cpu"), precision)
+    train(batches)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            for x, y in batches:
-                step(x, y)
+            train(batches)
     per_step = steps * len(batches)
     return {event.key: event.self_cpu_time_total / 1e3 / per_step for event in prof.key_averages()}
 

@@ -93,33 +93,44 @@ def loss_function(name: str, cfg: GPTConfig, device: torch.device, precision: st
     raise SystemExit(f"unknown implementation {name!r}")
 
 
-def timed_passes(names, cfg, batches, precision, device, repeats) -> dict[str, list[float]]:
-    """Seconds of each timed pass over ``batches`` per implementation, after one untimed pass
-    each; the passes take turns, so that drift in the machine touches every side alike."""
+def trainer(name: str, cfg: GPTConfig, device: torch.device, precision: str):
+    """``train(batches)``: training steps (forward, backward, fused AdamW) of implementation
+    ``name`` over ``batches`` in ``precision``."""
+    model, loss_fn = loss_function(name, cfg, device, precision)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True)
     autocast = (torch.autocast(device.type, dtype=DTYPES[precision]) if precision != "fp32"
                 else contextlib.nullcontext())
 
-    def one_pass(loss_fn, optimizer) -> float:
-        synchronize(device)
-        start = time.perf_counter()
+    def train(batches) -> None:
         for x, y in batches:
             optimizer.zero_grad(set_to_none=True)
             with autocast:
                 loss = loss_fn(x, y)
             loss.backward()
             optimizer.step()
+
+    return train
+
+
+def timed_passes(names, cfg, batches, precision, device, repeats) -> dict[str, list[float]]:
+    """Seconds of each timed pass over ``batches`` per implementation, after one untimed pass
+    each; the passes take turns, so that drift in the machine touches every side alike."""
+
+    def one_pass(train) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        train(batches)
         synchronize(device)
         return time.perf_counter() - start
 
     sides = {}
     for name in names:
-        model, loss_fn = loss_function(name, cfg, device, precision)
-        sides[name] = (loss_fn, torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True))
-        one_pass(*sides[name])
+        sides[name] = trainer(name, cfg, device, precision)
+        one_pass(sides[name])
     times = {name: [] for name in names}
     for _ in range(repeats):
-        for name, side in sides.items():
-            times[name].append(one_pass(*side))
+        for name, train in sides.items():
+            times[name].append(one_pass(train))
     return times
 
 

@@ -133,16 +133,16 @@ def _workload(device: torch.device, workload: str, width: int, dtype: torch.dtyp
     a batch's products are, at a fraction of their work); for ``generate`` one token through one
     MLP."""
     train = workload == "train"
+    weights, rows, steps = _weights(device, width), TOKENS["train"], 1  # a training batch
     if train and screen:
         side = min(width, SCREEN_SIDE)
-        weights = [torch.randn(side, side, device=device)]
-    else:
-        weights = _weights(device, width)
-        if not train and not screen:  # four MLPs: no weight stays in a cache
+        weights, rows = [torch.randn(side, side, device=device)], side
+    elif not train:  # decoding, one row a step
+        rows, steps = 1, 1 if screen else TOKENS["generate"]
+        if not screen:  # four MLPs, so that no weight stays in a cache
             weights = [w.clone() for w in weights * 4]
     layers = [_linear(weight) for weight in weights]
-    tokens = weights[0].shape[1] if train and screen else 1 if screen else TOKENS[workload]
-    x = torch.randn(tokens if train else 1, weights[0].shape[1], device=device)
+    x = torch.randn(rows, weights[0].shape[1], device=device)
     if not train:
         layers, x = [layer.to(dtype).requires_grad_(False) for layer in layers], x.to(dtype)
     if onednn:
@@ -152,7 +152,7 @@ def _workload(device: torch.device, workload: str, width: int, dtype: torch.dtyp
 
     def run() -> None:
         with torch.enable_grad() if backward else torch.inference_mode():
-            for _ in range(1 if train else tokens):
+            for _ in range(steps):
                 out = x
                 with autocast:
                     for layer in layers:

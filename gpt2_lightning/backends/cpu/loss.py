@@ -2,10 +2,8 @@
 ``F.cross_entropy(head(hidden).float(), targets, reduction="sum") / count``, faster.
 
 - The head's product runs ``HEAD_BLOCK_ROWS`` vocabulary rows at a time, forward and for the
-  weight's gradient: one product over GPT-2's 50257 rows ran 1.4x slower forward (AMD EPYC Zen
-  3, 2048 rows: 90 against 117-131 GFLOP/s in blocks of 2048-4096, fp32), and its weight
-  gradient 2.3x slower in bf16 and 1.5x in fp32 through oneDNN (Zen 4; 2048-16384 rows measured
-  alike), through oneDNN in fp32 where the head is a ``OneDNNLinear``.
+  weight's gradient (faster than one product over GPT-2's 50257 rows: the measurements are
+  beside the constant), through oneDNN in fp32 where the head is a ``OneDNNLinear``.
 - The cross-entropy runs in fp32 chunks of rows, its gradient computed in the forward pass and
   written over the logits, which nothing else reads: the whole batch's fp32 log-probabilities
   never exist, and ``loss.backward()`` itself is no pass over the logits (1.9x / 3.5x faster than
@@ -30,22 +28,22 @@ CHUNK_ELEMENTS = 1 << 20
 def head_loss(head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
               count: torch.Tensor | int) -> torch.Tensor:
     """The summed cross-entropy of ``head(hidden)`` against ``targets``, divided by ``count``."""
-    if _blocked(head, hidden):
-        return _HeadCrossEntropy.apply(hidden, head.weight, targets, count, isinstance(head, OneDNNLinear))
-    return cross_entropy(head(hidden), targets, count)
+    return _head_cross_entropy(head, hidden, targets, count)
 
 
 def token_losses(head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The cross-entropy of ``head(hidden)`` against ``targets`` per row ``[N]``."""
-    if _blocked(head, hidden):
-        return _HeadCrossEntropy.apply(hidden, head.weight, targets, None, isinstance(head, OneDNNLinear))
-    return cross_entropy(head(hidden), targets, per_row=True)
+    return _head_cross_entropy(head, hidden, targets, None)
 
 
-def _blocked(head: nn.Linear, hidden: torch.Tensor) -> bool:
-    """Whether the head runs in vocabulary blocks: a bias-free CPU layer with more rows than a block."""
-    return (hidden.device.type == "cpu" and head.bias is None and head.weight.shape[0] > HEAD_BLOCK_ROWS
-            and not torch.compiler.is_compiling())
+def _head_cross_entropy(head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
+                        count: torch.Tensor | int | None) -> torch.Tensor:
+    """``count=None``: per row. The head in vocabulary blocks where it is a bias-free CPU layer
+    with more rows than a block."""
+    if (hidden.device.type == "cpu" and head.bias is None and head.weight.shape[0] > HEAD_BLOCK_ROWS
+            and not torch.compiler.is_compiling()):
+        return _HeadCrossEntropy.apply(hidden, head.weight, targets, count, isinstance(head, OneDNNLinear))
+    return cross_entropy(head(hidden), targets, count, per_row=count is None)
 
 
 class _HeadCrossEntropy(torch.autograd.Function):

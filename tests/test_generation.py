@@ -173,3 +173,11 @@ def test_inference_in_fp32_on_cpu_uses_onednn_where_it_measures_faster(tmp_path,
     assert isinstance(model.blocks[0].att.qkv, OneDNNLinear) == (entry["fastest"] == "onednn")
     bf16 = placed_for_generation(GPTModel(TINY), device="cpu", dtype="bfloat16")
     assert not any(isinstance(m, OneDNNLinear) for m in bf16.modules())
+
+
+def test_a_repetition_penalty_near_zero_keeps_the_logits_finite_and_samples_a_seen_token():
+    logits = torch.tensor([[2.0, 1.0, -1.0, 0.5]])
+    params = SamplingParams(temperature=1.0, repetition_penalty=5e-324)
+    adjusted = adjusted_logits(logits.clone(), params, prompt_ids=[0, 2], answer_ids=[])
+    assert torch.isfinite(adjusted).all() and adjusted[0, 0] == torch.finfo(torch.float32).max
+    assert sample_next(adjusted, params, torch.Generator().manual_seed(0)).item() == 0

@@ -99,8 +99,9 @@ def adjusted_logits(logits: torch.Tensor, params: SamplingParams, prompt_ids: Se
     if params.repetition_penalty != 1.0:
         seen = torch.as_tensor(sorted({*prompt_ids, *answer_ids}), dtype=torch.long, device=logits.device)
         picked = logits[0, seen]
+        biggest = torch.finfo(logits.dtype).max  # a penalty near 0 divides into inf, never a logit
         logits[0, seen] = torch.where(picked > 0, picked / params.repetition_penalty,
-                                      picked * params.repetition_penalty)
+                                      picked * params.repetition_penalty).clamp(-biggest, biggest)
     for token, bias in params.logit_bias:
         logits[0, token] += bias
     if len(answer_ids) < params.min_new_tokens:

@@ -156,7 +156,7 @@ def test_model_compile_compiles_the_training_loss_and_trains_as_eager(tmp_path):
     assert [v for _, v in compiled] == pytest.approx([v for _, v in eager], rel=1e-4)
 
 
-def test_fp32_training_on_cpu_goes_through_onednn_where_measured_faster_and_trains_as_f_linear(tmp_path,
+def test_fp32_training_on_cpu_takes_the_linear_kernels_measured_fastest_and_trains_as_f_linear(tmp_path,
                                                                                                 monkeypatch):
     import json
 
@@ -166,23 +166,25 @@ def test_fp32_training_on_cpu_goes_through_onednn_where_measured_faster_and_trai
 
     class Linears(Callback):
         def on_train_end(self, trainer, pl_module):
-            self.onednn = sum(isinstance(m, OneDNNLinear) for m in pl_module.model.modules())
+            self.gradients = [m.gradients for m in pl_module.model.modules() if isinstance(m, OneDNNLinear)]
 
     steps = (*TINY_RUN, "trainer.precision=32-true", "trainer.max_steps=3", "trainer.log_every_n_steps=1",
              "+trainer.limit_val_batches=0", "~callbacks.response_sample")
-    measured = f"{machine()} | cpu | train | width 64 | float32 vs onednn"
+    measured = f"{machine()} | cpu | train | width 64 | float32 vs onednn vs onednn-forward"
     losses = {}
-    for fastest in ("onednn", "float32"):  # what the machine's calibration found
+    gradients = {"onednn": "onednn", "onednn-forward": "torch"}
+    for fastest in ("onednn", "onednn-forward", "float32"):  # what the machine's calibration found
         cache = tmp_path / fastest / "cache"
         cache.mkdir(parents=True)
         (cache / CACHE_FILE).write_text(json.dumps({measured: {"fastest": fastest, "seconds": {}}}))
         monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(cache))
         linears = Linears()
         run(compose_train(tmp_path / fastest, *steps), extra_callbacks=[linears])
-        assert linears.onednn == (4 * 2 + 1 if fastest == "onednn" else 0)
+        assert linears.gradients == ([gradients[fastest]] * (4 * 2 + 1) if fastest in gradients else [])
         losses[fastest] = [v for _, v in read_scalars(tmp_path / fastest / "tensorboard")["train_loss"]]
     assert len(losses["onednn"]) == 3
     assert losses["onednn"] == pytest.approx(losses["float32"], rel=1e-5)
+    assert losses["onednn-forward"] == pytest.approx(losses["float32"], rel=1e-5)
 
 
 class RecordSaves(Callback):
@@ -208,8 +210,34 @@ def test_last_checkpoint_comes_at_the_first_validation_and_once_at_the_end(tmp_p
     run(compose_train(tmp_path, *TINY_RUN, "trainer.max_epochs=2", "trainer.val_check_interval=1.0",
                       "data.batch_size=8"), extra_callbacks=[recorder])
     # At step 7 (the first validation, long before the 5-minute clock); the second validation
-    # comes within 2 minutes of it, so last.ckpt waits for the end of training: written once.
+    # comes within 5 minutes of it, so last.ckpt waits for the end of training: written once.
     assert [step for name, step in recorder.saves if name == "last.ckpt"] == [7, 14]
+
+
+class MinutePerStep(Callback):
+    """The clock of ``LastCheckpoint`` (and of that module alone) moves one minute per training step."""
+
+    def __init__(self, monkeypatch):
+        import gpt2_lightning.train.callbacks as callbacks
+
+        self.now = 0.0
+        monkeypatch.setattr(callbacks, "time", self)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.now += 60.0
+
+
+def test_last_checkpoints_timed_saves_count_from_any_save_and_validations_do_not_add_any(tmp_path, monkeypatch):
+    # 7 steps an epoch, a validation after each, 3 epochs, a minute a step: the 5-minute clock saves at
+    # step 5 and then 5 steps after each save; the validations at 7 and 14 come 2 and 4 minutes after
+    # one and add no write (each of them used to: they were 2 minutes apart, on a clock of their own).
+    recorder = RecordSaves()
+    run(compose_train(tmp_path, *TINY_RUN, "trainer.max_epochs=3", "trainer.val_check_interval=1.0",
+                      "data.batch_size=8"), extra_callbacks=[recorder, MinutePerStep(monkeypatch)])
+    assert [step for name, step in recorder.saves if name == "last.ckpt"] == [5, 10, 15, 20, 21]
 
 
 def test_stale_temporary_files_of_killed_writes_are_removed_at_start(tmp_path):

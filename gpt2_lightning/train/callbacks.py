@@ -50,22 +50,28 @@ class ResponseSample(L.Callback):
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt``, the full training state to resume from, saved
 
-    - every ``train_time_interval`` of training (or every N steps, as ``ModelCheckpoint`` does),
+    - once ``train_time_interval`` of training has passed since it was last saved (or since
+      training started), or every N steps, as ``ModelCheckpoint`` does,
     - at a validation when none was saved in the last ``validation_interval`` (so the first
-      validation of a short run always saves, and a long run pays a write, ~3 s for gpt2-small,
-      at most once per interval),
+      validation of a short run always saves),
     - at the last step of ``trainer.max_steps``, inside its epoch, and at the end of training,
       unless it was just saved at that very step.
+
+    Both intervals count from the last save, whatever made it: a long run pays one write (~3-8 s
+    for gpt2-small) per interval, however often it validates.
 
     It builds on ``ModelCheckpoint``'s private methods (``lightning_internals.CHECKPOINT_METHODS``).
     """
 
     def __init__(self, dirpath: str, train_time_interval: timedelta | None = timedelta(minutes=5),
-                 validation_interval: timedelta | None = timedelta(minutes=2), every_n_train_steps: int | None = None):
-        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, train_time_interval=train_time_interval,
-                         every_n_train_steps=every_n_train_steps)
+                 validation_interval: timedelta | None = timedelta(minutes=5), every_n_train_steps: int | None = None):
+        # every_n_epochs=0: Lightning's own default, with neither interval given it, saves at every epoch's end.
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps,
+                         every_n_epochs=0)
+        self.train_interval = train_time_interval
         self.validation_interval = validation_interval
         self._saved_at: float | None = None
+        self._started_at = time.monotonic()
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -75,14 +81,26 @@ class LastCheckpoint(ModelCheckpoint):
         if not self._should_skip_saving_checkpoint(trainer):  # skips sanity checks and a step already saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def _due(self, trainer: L.Trainer, interval: timedelta | None, since: float | None) -> bool:
+        """Whether ``interval`` has passed ``since`` (None: at once), as the first process sees it:
+        the processes' clocks differ, and a save is a collective."""
+        if interval is None:
+            return False
+        return trainer.strategy.broadcast(since is None or time.monotonic() - since >= interval.total_seconds())
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._started_at = time.monotonic()
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if self.validation_interval is not None and (
-                self._saved_at is None or time.monotonic() - self._saved_at >= self.validation_interval.total_seconds()):
+        if self._due(trainer, self.validation_interval, self._saved_at):
             self._save_now(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         super().on_train_batch_end(trainer, pl_module, *args)
+        if self._due(trainer, self.train_interval, self._saved_at or self._started_at):
+            self._save_now(trainer)
         if 0 <= trainer.max_steps <= trainer.global_step:
             # The last step of trainer.max_steps, saved while its epoch is still open: once training
             # ends, Lightning counts that epoch as completed, and a run resumed to train on would skip its rest.

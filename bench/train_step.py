@@ -3,7 +3,7 @@
 Implementations, all holding the same weights, each with the same fused AdamW, batches and
 allocator setting, in one process:
   ours      GPTModel + masked_lm_loss, as InstructionTuner trains (in fp32 on a CPU, its linear
-            layers through oneDNN where the machine's calibration measured that faster)
+            layers through the kernels the machine's calibration measured fastest)
   hf        Hugging Face GPT2LMHeadModel (sdpa) and its own loss function
   nanogpt   GPT-2 the way nanoGPT builds it (bench/nanogpt.py)
   NAME-compiled   the same through torch.compile (ours: the loss, with dynamic shapes, as

@@ -133,12 +133,13 @@ def test_this_torch_has_the_onednn_op_and_the_layer_falls_back_off_its_path():
     assert layer(torch.empty(0, 8)).shape == (0, 3)  # empty input: F.linear
 
 
-def test_onednn_linear_gives_the_outputs_and_gradients_of_nn_linear():
+@pytest.mark.parametrize("gradients", ["onednn", "torch"])
+def test_onednn_linear_gives_the_outputs_and_gradients_of_nn_linear(gradients):
     from gpt2_lightning.backends.cpu.onednn import OneDNNLinear
 
     torch.manual_seed(0)
     plain = torch.nn.Linear(96, 200)
-    onednn = OneDNNLinear(copy.deepcopy(plain))
+    onednn = OneDNNLinear(copy.deepcopy(plain), gradients)
     for x in (torch.randn(3, 7, 96), torch.randn(96, 50).t()):  # batched; rows with strides
         grad = torch.randn(*x.shape[:-1], 200)
         results = []

@@ -29,7 +29,8 @@ def test_chunked_cross_entropy_equals_torch_in_value_and_gradient(dtype, chunk_r
     torch.testing.assert_close(logits.grad.float(), expected_grad.float(), atol=1e-6, rtol=1e-2)
 
 
-@pytest.mark.parametrize("kind", ["fp32", "fp32 through oneDNN", "bf16 autocast"])
+@pytest.mark.parametrize("kind", ["fp32", "fp32 through oneDNN", "fp32 through oneDNN, torch's gradients",
+                                  "bf16 autocast"])
 @pytest.mark.parametrize("per_row", [False, True], ids=["mean", "per-row"])
 def test_the_head_in_vocabulary_blocks_with_its_loss_equals_the_head_and_torch_cross_entropy(kind, per_row):
     from gpt2_lightning.backends.cpu.loss import token_losses
@@ -37,8 +38,8 @@ def test_the_head_in_vocabulary_blocks_with_its_loss_equals_the_head_and_torch_c
 
     gen = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(32, 2 * HEAD_BLOCK_ROWS + 5, bias=False)  # two whole blocks and a part
-    if kind == "fp32 through oneDNN":
-        head = OneDNNLinear(head)
+    if kind.startswith("fp32 through oneDNN"):
+        head = OneDNNLinear(head, "torch" if kind.endswith("torch's gradients") else "onednn")
     hidden = torch.randn(9, 32, generator=gen)
     targets = torch.randint(0, head.out_features, (9,), generator=gen)
     row_weights = torch.rand(9, generator=gen)  # what flows back into per-row losses (DPO's sums)

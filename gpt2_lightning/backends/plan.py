@@ -32,7 +32,8 @@ class Workload:
     dtype: str
     """The matmuls' number format: float32, bfloat16 or float16."""
     linears: str = "torch"
-    """The linear layers' kernel: ``torch`` (``F.linear``) or ``onednn`` (fp32 on a CPU)."""
+    """The linear layers' kernel: ``torch`` (``F.linear``); fp32 on a CPU, ``onednn`` (oneDNN,
+    gradients too) or ``onednn-forward`` (oneDNN, the gradients by ``torch.mm``)."""
     attention: str = "sdpa"
     """``sdpa`` (``F.scaled_dot_product_attention``) or ``matmul-short`` (two matmuls for short
     bf16 / fp16 sequences on a CPU, SDPA beyond)."""

@@ -1,6 +1,7 @@
 """The CPU backend: the only place that knows a CPU's tricks.
 
-- ``onednn``: fp32 linear layers and their gradients through oneDNN (where measured faster).
+- ``onednn``: fp32 linear layers through oneDNN, their gradients through oneDNN or torch
+  (whichever of the three is measured fastest).
 - ``calibrate``: which number format and fp32 kernel are fastest here, measured once, cached.
 - ``attention``: two matmuls instead of SDPA for short bf16 / fp16 sequences.
 - ``loss``: the chunked fp32 cross-entropy and the LM head's gradient in vocabulary blocks.
@@ -13,7 +14,7 @@ from torch import nn
 
 from gpt2_lightning.backends.base import Backend, Kernels
 from gpt2_lightning.backends.cpu.attention import short_sequence_attention
-from gpt2_lightning.backends.cpu.calibrate import dtype_race, onednn_race
+from gpt2_lightning.backends.cpu.calibrate import LINEAR_GRADIENTS, dtype_race, onednn_race
 from gpt2_lightning.backends.cpu.loss import head_loss, token_losses
 from gpt2_lightning.backends.cpu.onednn import use_onednn_linears
 from gpt2_lightning.backends.plan import PRECISION_DTYPES, Workload
@@ -28,7 +29,7 @@ class CPUBackend(Backend):
         if precision == "auto":
             precision = "32-true"
             if measure:  # fp32 as it would run against bf16 mixed precision
-                race = dtype_race("cpu", "train", width, onednn=linears == "onednn")
+                race = dtype_race("cpu", "train", width, linears)
                 measured["training precision"] = race.summary()
                 precision = "bf16-mixed" if race.fastest == "bfloat16" else "32-true"
         return precision, self._workload(PRECISION_DTYPES[precision], linears, loss="chunked"), measured
@@ -39,7 +40,7 @@ class CPUBackend(Backend):
             return self._workload("float32" if dtype == "auto" else dtype, "torch"), measured
         linears = self._fp32_linears(width, "generate", measured) if dtype in ("auto", "float32") else "torch"
         if dtype == "auto":
-            race = dtype_race("cpu", "generate", width, onednn=linears == "onednn")
+            race = dtype_race("cpu", "generate", width, linears)
             measured["generation dtype"] = race.summary()
             dtype = race.fastest if race.fastest == "bfloat16" else "float32"
         return self._workload(dtype, linears), measured
@@ -50,7 +51,7 @@ class CPUBackend(Backend):
         if race is None:
             return "torch"
         measured[f"{'training' if workload == 'train' else 'generation'} fp32 linears"] = race.summary()
-        return "onednn" if race.fastest == "onednn" else "torch"
+        return "torch" if race.fastest == "float32" else race.fastest
 
     @staticmethod
     def _workload(dtype: str, linears: str, loss: str = "reference") -> Workload:
@@ -58,8 +59,8 @@ class CPUBackend(Backend):
                         "sdpa" if dtype == "float32" else "matmul-short", loss)
 
     def prepare(self, model: nn.Module, workload: Workload) -> None:
-        if workload.linears == "onednn":
-            use_onednn_linears(model)
+        if workload.linears in LINEAR_GRADIENTS:
+            use_onednn_linears(model, LINEAR_GRADIENTS[workload.linears])
 
     def kernels(self, workload: Workload) -> Kernels:
         return Kernels(attention=short_sequence_attention if workload.attention == "matmul-short" else None,

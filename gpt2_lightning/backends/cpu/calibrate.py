@@ -36,6 +36,8 @@ TOKENS = {"train": 256, "generate": 4}  # a training batch's tokens; tokens deco
 SCREEN_SIDE = 256  # the first round's product for training: 256 x 256 by 256 x 256
 SCREEN_FACTOR = 3.0  # a candidate that slow against the baseline in the first round is out
 MIN_TIMED_SECONDS = 0.05  # a workload is timed up to 6 times while its runs add up to less
+# The fp32 linear kernels through oneDNN (``Workload.linears``) -> the kernel of their gradients.
+LINEAR_GRADIENTS = {"onednn": "onednn", "onednn-forward": "torch"}
 
 
 @dataclass(frozen=True)
@@ -58,26 +60,28 @@ class Race:
 Candidate = Callable[[bool], float]  # the fewest seconds of the workload (True: of the first round's)
 
 
-def dtype_race(device: torch.device | str, workload: str, width: int, onednn: bool = False) -> Race:
+def dtype_race(device: torch.device | str, workload: str, width: int, linears: str = "torch") -> Race:
     """fp32 against bf16 for ``workload`` (``train``: matmuls of a batch of tokens and their
     gradients; ``generate``: tokens one by one through the weights) on ``device`` for a model
-    of ``width``; fp32 as it would run (``onednn``: its linear layers through oneDNN). bf16
-    wins only by 5%."""
+    of ``width``; fp32 as it would run (``linears``: its layers' kernel, a ``Workload.linears``).
+    bf16 wins only by 5%."""
     device = torch.device(device)
     timed = functools.partial(_seconds, device, workload, min(width, 768))
-    fp32 = "float32+onednn" if onednn else "float32"
-    return _race(device, workload, width, {fp32: functools.partial(timed, torch.float32, onednn),
-                                           "bfloat16": functools.partial(timed, torch.bfloat16, False)})
+    fp32 = "float32" if linears == "torch" else f"float32+{linears}"
+    return _race(device, workload, width, {fp32: functools.partial(timed, torch.float32, linears),
+                                           "bfloat16": functools.partial(timed, torch.bfloat16, "torch")})
 
 
 def onednn_race(width: int, workload: str) -> Race | None:
-    """torch's ``F.linear`` against oneDNN (``OneDNNLinear``) for ``workload`` (see
-    ``dtype_race``) in fp32 on this CPU; None where oneDNN's op is not available."""
+    """torch's ``F.linear`` (``float32``) against oneDNN (``OneDNNLinear``) for ``workload`` (see
+    ``dtype_race``) in fp32 on this CPU, for training also oneDNN with torch's gradients
+    (``onednn-forward``); None where oneDNN's op is not available."""
     if not onednn_available():
         return None
     timed = functools.partial(_seconds, torch.device("cpu"), workload, min(width, 768), torch.float32)
+    kernels = ["onednn", "onednn-forward"] if workload == "train" else ["onednn"]
     return _race(torch.device("cpu"), workload, width,
-                 {"float32": functools.partial(timed, False), "onednn": functools.partial(timed, True)})
+                 {"float32": functools.partial(timed, "torch"), **{k: functools.partial(timed, k) for k in kernels}})
 
 
 def _race(device: torch.device, workload: str, width: int, candidates: dict[str, Candidate]) -> Race:
@@ -110,11 +114,18 @@ def screened_race(candidates: dict[str, Candidate]) -> Race:
     return Race(fastest, seconds, screen)
 
 
-@functools.lru_cache(maxsize=64)
-def _seconds(device: torch.device, workload: str, width: int, dtype: torch.dtype, onednn: bool,
+def _seconds(device: torch.device, workload: str, width: int, dtype: torch.dtype, linears: str,
              screen: bool) -> float:
     """Fewest seconds of ``_workload``'s run (``screen``: of the first round's)."""
-    run = _workload(device, workload, width, dtype, onednn, screen)
+    if screen and linears in LINEAR_GRADIENTS:  # the first round computes no gradient
+        linears = "onednn"
+    return _timed(device, workload, width, dtype, linears, screen)
+
+
+@functools.lru_cache(maxsize=64)
+def _timed(device: torch.device, workload: str, width: int, dtype: torch.dtype, linears: str,
+           screen: bool) -> float:
+    run = _workload(device, workload, width, dtype, linears, screen)
     # The fewest seconds of at least two runs: the first may build kernels (oneDNN does), and
     # the fewest are the least disturbed by whatever else runs.
     times = timings(run, 2, warmup=0)
@@ -123,9 +134,9 @@ def _seconds(device: torch.device, workload: str, width: int, dtype: torch.dtype
     return min(times)
 
 
-def _workload(device: torch.device, workload: str, width: int, dtype: torch.dtype, onednn: bool,
+def _workload(device: torch.device, workload: str, width: int, dtype: torch.dtype, linears: str,
               screen: bool) -> Callable[[], None]:
-    """One run of the workload on a GPT-2 MLP's weights (``onednn``: through ``OneDNNLinear``):
+    """One run of the workload on a GPT-2 MLP's weights (``linears``: a ``Workload.linears``):
     for ``train`` a batch's forward and backward from fp32 weights under autocast to ``dtype``, as
     mixed precision runs it; for ``generate`` tokens one by one through weights in ``dtype``, four
     MLPs' worth, more than a CPU cache holds, as decoding streams every weight from memory. The
@@ -145,8 +156,8 @@ def _workload(device: torch.device, workload: str, width: int, dtype: torch.dtyp
     x = torch.randn(rows, weights[0].shape[1], device=device)
     if not train:
         layers, x = [layer.to(dtype).requires_grad_(False) for layer in layers], x.to(dtype)
-    if onednn:
-        layers = [OneDNNLinear(layer) for layer in layers]
+    if linears in LINEAR_GRADIENTS:
+        layers = [OneDNNLinear(layer, LINEAR_GRADIENTS[linears]) for layer in layers]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=train and dtype != torch.float32)
     backward = train and not screen
 

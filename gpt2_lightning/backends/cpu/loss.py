@@ -3,7 +3,8 @@
 
 - The head's product runs ``HEAD_BLOCK_ROWS`` vocabulary rows at a time, forward and for the
   weight's gradient (faster than one product over GPT-2's 50257 rows: the measurements are
-  beside the constant), through oneDNN in fp32 where the head is a ``OneDNNLinear``.
+  beside the constant); in fp32 where the head is a ``OneDNNLinear``, its forward product through
+  oneDNN and its gradients through the layer's ``gradients`` kernel.
 - The cross-entropy runs in fp32 chunks of rows, its gradient computed in the forward pass and
   written over the logits, which nothing else reads: the whole batch's fp32 log-probabilities
   never exist, and ``loss.backward()`` itself is no pass over the logits (1.9x / 3.5x faster than
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from gpt2_lightning.backends.cpu.onednn import HEAD_BLOCK_ROWS, OneDNNLinear, onednn_mm, weight_gradient
+from gpt2_lightning.backends.cpu.onednn import GRADIENT_MM, HEAD_BLOCK_ROWS, OneDNNLinear, onednn_mm, weight_gradient
 
 # Logit elements per chunk of rows: 2^18-2^20 measured fastest (AMD EPYC, 2048 x 50257 logits,
 # forward + backward: 169-172 ms fp32 and 144-168 ms bf16 logits, against 176-282 / 216-372 ms
@@ -42,30 +43,34 @@ def _head_cross_entropy(head: nn.Linear, hidden: torch.Tensor, targets: torch.Te
     with more rows than a block."""
     if (hidden.device.type == "cpu" and head.bias is None and head.weight.shape[0] > HEAD_BLOCK_ROWS
             and not torch.compiler.is_compiling()):
-        return _HeadCrossEntropy.apply(hidden, head.weight, targets, count, isinstance(head, OneDNNLinear))
+        gradients = head.gradients if isinstance(head, OneDNNLinear) else None
+        return _HeadCrossEntropy.apply(hidden, head.weight, targets, count, gradients)
     return cross_entropy(head(hidden), targets, count, per_row=count is None)
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
     """``cross_entropy(hidden @ weight.T, targets, count)``, the product in the autocast dtype
-    where autocast is on (as ``F.linear`` would run it), through oneDNN where ``onednn`` and fp32;
-    ``count=None``: each row's cross-entropy."""
+    where autocast is on (as ``F.linear`` would run it); in fp32 with ``gradients`` (the
+    ``GRADIENT_MM`` name of a ``OneDNNLinear`` head), the forward product through oneDNN and the
+    gradients through that kernel. ``count=None``: each row's cross-entropy."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                count: torch.Tensor | int | None, onednn: bool) -> torch.Tensor:
+                count: torch.Tensor | int | None, gradients: str | None) -> torch.Tensor:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
         hidden_, weight_ = hidden.to(dtype), weight.to(dtype)
-        mm = onednn_mm if onednn and dtype == torch.float32 else torch.mm
+        onednn = gradients is not None and dtype == torch.float32
+        forward_mm = onednn_mm if onednn else torch.mm
         logits = hidden_.new_empty(len(hidden_), len(weight_))
         for start in range(0, len(weight_), HEAD_BLOCK_ROWS):
             block = slice(start, start + HEAD_BLOCK_ROWS)
-            logits[:, block] = mm(hidden_, weight_[block].t())  # a contiguous product, then copied
+            logits[:, block] = forward_mm(hidden_, weight_[block].t())  # a contiguous product, then copied
         needs_grad = any(ctx.needs_input_grad[:2])
         losses = _chunked_cross_entropy(logits, targets, count, _chunk_rows(logits),
                                         grad=logits if needs_grad else None)
         ctx.save_for_backward(hidden_, weight_, logits if needs_grad else None)
-        ctx.mm, ctx.count, ctx.dtypes = mm, count, (hidden.dtype, weight.dtype)
+        ctx.mm = GRADIENT_MM[gradients] if onednn else torch.mm
+        ctx.count, ctx.dtypes = count, (hidden.dtype, weight.dtype)
         return losses
 
     @staticmethod

@@ -53,10 +53,18 @@ def weight_gradient(grad: torch.Tensor, x: torch.Tensor, mm=torch.mm) -> torch.T
     return result
 
 
+# The kernel of a layer's gradient products (``gradients`` of ``OneDNNLinear``): on one Zen 3
+# (2 threads, 450 rows of gpt2-small) oneDNN ran the forward products that widen (768 to 2304,
+# 3072, 4096 outputs) at 118-137 GFLOP/s against MKL's 90-101, but both gradients at 63-101
+# against MKL's 100-131; on Zen 4 oneDNN was the faster of the two in every product.
+GRADIENT_MM = {"onednn": onednn_mm, "torch": torch.mm}
+
+
 class _OneDNNLinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gradients: str) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
+        ctx.mm = GRADIENT_MM[gradients]
         return _inner_product(x, weight, bias)
 
     @staticmethod
@@ -64,39 +72,46 @@ class _OneDNNLinearFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         rows = grad.reshape(-1, grad.shape[-1])
-        grad_x = onednn_mm(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_weight = (weight_gradient(rows, x.reshape(-1, x.shape[-1]), onednn_mm)
+        grad_x = ctx.mm(rows, weight).view(*grad.shape[:-1], -1) if ctx.needs_input_grad[0] else None
+        grad_weight = (weight_gradient(rows, x.reshape(-1, x.shape[-1]), ctx.mm)
                        if ctx.needs_input_grad[1] else None)
         grad_bias = rows.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias
+        return grad_x, grad_weight, grad_bias, None
 
 
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  gradients: str = "onednn") -> torch.Tensor:
     """``F.linear`` through oneDNN where it applies (fp32 CPU tensors, outside autocast and
-    ``torch.compile``), with its gradients through oneDNN too; ``F.linear`` elsewhere."""
+    ``torch.compile``), its gradients through ``gradients`` (a ``GRADIENT_MM`` name);
+    ``F.linear`` elsewhere."""
     if (x.dtype == weight.dtype == torch.float32 and x.device.type == weight.device.type == "cpu"
             and x.numel() and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
-        return _OneDNNLinearFunction.apply(x, weight, bias)
+        return _OneDNNLinearFunction.apply(x, weight, bias, gradients)
     return F.linear(x, weight, bias)
 
 
 class OneDNNLinear(nn.Linear):
     """An ``nn.Linear`` holding the same parameters (its state dict is unchanged, ties stay
-    tied) whose fp32 CPU product, and its gradients, go through oneDNN."""
+    tied) whose fp32 CPU product goes through oneDNN, and its gradients through ``gradients``
+    (``onednn``, or ``torch``: ``torch.mm``)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, gradients: str = "onednn"):
         nn.Module.__init__(self)
+        if gradients not in GRADIENT_MM:
+            raise ValueError(f"gradients must be one of {sorted(GRADIENT_MM)}, got {gradients!r}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
+        self.gradients = gradients
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return onednn_linear(x, self.weight, self.bias)
+        return onednn_linear(x, self.weight, self.bias, self.gradients)
 
 
-def use_onednn_linears(model: nn.Module) -> nn.Module:
-    """Replace every plain ``nn.Linear`` of ``model`` (in place) by a ``OneDNNLinear``."""
+def use_onednn_linears(model: nn.Module, gradients: str = "onednn") -> nn.Module:
+    """Replace every plain ``nn.Linear`` of ``model`` (in place) by a ``OneDNNLinear`` whose
+    gradients go through ``gradients``."""
     for module in list(model.modules()):
         for name, child in module.named_children():
             if type(child) is nn.Linear:
-                setattr(module, name, OneDNNLinear(child))
+                setattr(module, name, OneDNNLinear(child, gradients))
     return model

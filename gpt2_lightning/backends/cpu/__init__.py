@@ -14,9 +14,9 @@ from torch import nn
 
 from gpt2_lightning.backends.base import Backend, Kernels
 from gpt2_lightning.backends.cpu.attention import short_sequence_attention
-from gpt2_lightning.backends.cpu.calibrate import LINEAR_GRADIENTS, dtype_race, onednn_race
+from gpt2_lightning.backends.cpu.calibrate import dtype_race, onednn_race
 from gpt2_lightning.backends.cpu.loss import head_loss, token_losses
-from gpt2_lightning.backends.cpu.onednn import use_onednn_linears
+from gpt2_lightning.backends.cpu.onednn import LINEAR_GRADIENTS, use_onednn_linears
 from gpt2_lightning.backends.plan import PRECISION_DTYPES, Workload
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gpt2_lightning.backends.cpu.onednn import OneDNNLinear, onednn_available
+from gpt2_lightning.backends.cpu.onednn import LINEAR_GRADIENTS, OneDNNLinear, onednn_available
 from gpt2_lightning.backends.machine import machine, timings
 from gpt2_lightning.io import read_json, write_json
 from gpt2_lightning.resources import cache_dir
@@ -36,8 +36,6 @@ TOKENS = {"train": 256, "generate": 4}  # a training batch's tokens; tokens deco
 SCREEN_SIDE = 256  # the first round's product for training: 256 x 256 by 256 x 256
 SCREEN_FACTOR = 3.0  # a candidate that slow against the baseline in the first round is out
 MIN_TIMED_SECONDS = 0.05  # a workload is timed up to 6 times while its runs add up to less
-# The fp32 linear kernels through oneDNN (``Workload.linears``) -> the kernel of their gradients.
-LINEAR_GRADIENTS = {"onednn": "onednn", "onednn-forward": "torch"}
 
 
 @dataclass(frozen=True)

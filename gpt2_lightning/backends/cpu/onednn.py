@@ -58,6 +58,8 @@ def weight_gradient(grad: torch.Tensor, x: torch.Tensor, mm=torch.mm) -> torch.T
 # 3072, 4096 outputs) at 118-137 GFLOP/s against MKL's 90-101, but both gradients at 63-101
 # against MKL's 100-131; on Zen 4 oneDNN was the faster of the two in every product.
 GRADIENT_MM = {"onednn": onednn_mm, "torch": torch.mm}
+# The fp32 linear kernels through oneDNN (``Workload.linears``) -> the kernel of their gradients.
+LINEAR_GRADIENTS = {"onednn": "onednn", "onednn-forward": "torch"}
 
 
 class _OneDNNLinearFunction(torch.autograd.Function):

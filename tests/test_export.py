@@ -145,8 +145,20 @@ def test_hf_export_loads_back_with_its_prompt_style_and_dtype(exported, tmp_path
 # --- llama.cpp ---------------------------------------------------------------------------------
 
 def llama(path):
+    """llama.cpp's model of ``path``, its weights kept as the file has them (``llama-cli
+    --no-repack``): its AMX repacking of Q8_0 weights segfaults in ``ggml_backend_amx_mul_mat``
+    on CPUs with AMX (ggml-org/llama.cpp#20824), a crash of llama.cpp's, not of the file's."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    return llama_cpp.Llama(str(path), n_ctx=128, verbose=False, seed=0)
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def no_repacking():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", no_repacking)
+        return llama_cpp.Llama(str(path), n_ctx=128, verbose=False, seed=0)
 
 
 def llama_greedy(llm, ids: list[int], n: int) -> list[int]:

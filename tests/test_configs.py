@@ -8,8 +8,10 @@ from gpt2_lightning.backends import generation_plan, training_plan
 from gpt2_lightning.data.datamodule import InstructionDataModule
 from gpt2_lightning.devices import check_accelerator
 from gpt2_lightning.errors import ConfigError
+from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.resources import cache_dir
 from tests.conftest import REPO_ROOT, compose_train
+from tests.test_model import TINY
 
 CONF = REPO_ROOT / "conf"
 
@@ -100,6 +102,32 @@ def test_auto_precision_is_measured_once_per_machine_and_never_slower_than_fp32(
     assert generation.generate.dtype == ("bfloat16" if generate["fastest"] == "bfloat16" else "float32")
     assert generation.generate == plan.generate and generation.train is None
     assert training_plan("cpu", "32-true", width=256).precision == "32-true"
+
+
+def test_bf16_takes_the_gelu_form_measured_fastest_and_fp32_keeps_gpt2s_tanh_gelu(tmp_path, monkeypatch):
+    import json
+
+    import torch.nn.functional as F
+
+    from gpt2_lightning.backends import prepare_for_training
+    from gpt2_lightning.backends.machine import machine
+
+    monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path / "measured"))
+    plan = training_plan("cpu", "bf16-mixed", width=64)
+    [(key, race)] = [(k, v) for k, v in json.loads((tmp_path / "measured" / "calibration.json").read_text()).items()
+                     if "| gelu " in k]
+    assert key == f"{machine()} | cpu | gelu bfloat16 | width 64 | tanh vs erf"
+    assert set(race["seconds"]) == {"tanh", "erf"} and plan.train.gelu == race["fastest"]
+    assert plan.measured["training GELU"].endswith(f"-> {race['fastest']}")
+    assert training_plan("cpu", "32-true", width=64).train.gelu == "tanh"  # fp32 computes GPT-2's own form
+    for fastest, kernel in [("erf", F.gelu), ("tanh", None)]:  # what the machine's calibration found
+        cache = tmp_path / fastest
+        cache.mkdir()
+        (cache / "calibration.json").write_text(json.dumps({key: {"fastest": fastest, "seconds": {}}}))
+        monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(cache))
+        plan = training_plan("cpu", "bf16-mixed", width=64)
+        assert (plan.train.gelu, prepare_for_training(GPTModel(TINY), plan).gelu) == (fastest, kernel)
+        assert f"GELU {fastest}" in plan.describe()
 
 
 def test_a_candidate_far_slower_in_the_first_round_never_runs_the_whole_workload():

@@ -89,6 +89,23 @@ def test_bf16_model_on_cpu_matches_fp32_and_its_own_cache():
     assert (full16.argmax(-1) == full32.argmax(-1)).float().mean() > 0.95
 
 
+def test_exact_gelu_in_bf16_is_within_bf16s_own_rounding_of_gpt2s_tanh_gelu():
+    """The CPU backend's ``erf`` GELU form: a bf16 model with it is as close to the fp32 model
+    (GPT-2's tanh GELU) as the bf16 model with the tanh GELU; and the reference comes back."""
+    torch.manual_seed(0)
+    model = GPTModel(TINY).eval()
+    idx = torch.randint(0, TINY.vocab_size, (4, 48))
+    with torch.no_grad():
+        reference = model(idx)
+        model.to(torch.bfloat16)
+        tanh = model(idx).float()
+        erf = model.use_kernels(gelu_fn=torch.nn.functional.gelu)(idx).float()
+        back = model.use_kernels()(idx).float()
+    assert not torch.equal(erf, tanh) and torch.equal(back, tanh)
+    tanh_error, erf_error = ((out - reference).abs().mean().item() for out in (tanh, erf))
+    assert erf_error < 1.25 * tanh_error
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kept_prefixes_are_computed_as_in_the_full_batch(dtype):
     """Right-padded rows: only each row's prefix is computed, and equals the full forward there."""

@@ -1,7 +1,7 @@
 """A backend: where a device substitutes faster kernels for the reference math.
 
 The model and the losses compute the reference math (SDPA, ``F.cross_entropy``) and take
-hooks: the model an attention function (``GPTModel.use_attention``), the SFT loss a
+hooks: the model an attention function and a GELU (``GPTModel.use_kernels``), the SFT loss a
 ``head_loss`` (``masked_lm_loss(..., head_loss=...)``), the sequence log-probabilities of
 preference tuning a ``token_losses`` (``sequence_logprobs(..., token_losses=...)``). A backend decides, per device, the
 plan's choices (``plan_training`` / ``plan_generation``), swaps the model's linear layers
@@ -25,6 +25,8 @@ class Kernels:
 
     attention: Callable | None = None
     """``(q, k, v, mask, is_causal, dropout_p) -> out``, as ``F.scaled_dot_product_attention``."""
+    gelu: Callable | None = None
+    """``x -> GELU(x)``, as GPT-2's tanh GELU (``model.gpt.gelu``)."""
     head_loss: Callable | None = None
     """``(head, hidden [N, C], targets [N], count) -> summed cross-entropy / count``."""
     token_losses: Callable | None = None

@@ -40,6 +40,9 @@ class Workload:
     loss: str = "reference"
     """Training only: ``reference`` (``F.cross_entropy`` over the head's logits) or ``chunked``
     (the CPU's chunked cross-entropy with the head's gradient in vocabulary blocks)."""
+    gelu: str = "tanh"
+    """The MLP's activation: ``tanh`` (GPT-2's form) or ``erf`` (the exact GELU, in bf16 / fp16
+    only, where it is within the format's rounding of the tanh form: chosen where faster)."""
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -95,8 +98,8 @@ class ExecutionPlan:
         parts = [f"device {self.device}"]
         if self.train is not None:
             parts.append(f"training {self.precision} (linears {self.train.linears}, attention "
-                         f"{self.train.attention}, loss {self.train.loss})")
+                         f"{self.train.attention}, GELU {self.train.gelu}, loss {self.train.loss})")
         parts.append(f"generation {self.generate.dtype} (linears {self.generate.linears}, attention "
-                     f"{self.generate.attention})")
+                     f"{self.generate.attention}, GELU {self.generate.gelu})")
         measured = "; ".join(f"{what}: {result}" for what, result in self.measured.items())
         return ", ".join(parts) + (f"; measured {measured}" if measured else "")

@@ -3,8 +3,9 @@
 The module layout and the maths follow OpenAI's GPT-2 (pre-LayerNorm blocks, GELU-tanh,
 learned positions, LM head tied to the token embedding), so that the public checkpoints
 load with a key-for-key conversion (see ``gpt2_lightning.model.pretrained``). Attention is
-``F.scaled_dot_product_attention``; a backend may substitute a faster function with the same
-result (``GPTModel.use_attention``, see ``gpt2_lightning.backends``).
+``F.scaled_dot_product_attention`` and the MLP's activation GPT-2's tanh GELU; a backend may
+substitute faster functions with the same result (``GPTModel.use_kernels``, see
+``gpt2_lightning.backends``).
 """
 
 from __future__ import annotations
@@ -217,15 +218,21 @@ def _attention_mask(start: int, seq: int, pad_lengths: torch.Tensor | None,
     return mask
 
 
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU: the tanh approximation."""
+    return F.gelu(x, approximate="tanh")
+
+
 class FeedForward(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim)
         self.proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
         self.drop = nn.Dropout(cfg.drop_rate)
+        self.activate = gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        return self.drop(self.proj(self.activate(self.fc(x))))
 
 
 class TransformerBlock(nn.Module):
@@ -269,12 +276,15 @@ class GPTModel(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def use_attention(self, function=None) -> GPTModel:
-        """Compute attention with ``function`` (``attention``'s arguments and result; None: the
-        reference ``attention``) in every block: a backend's faster kernel for the same result."""
+    def use_kernels(self, attention_fn=None, gelu_fn=None) -> GPTModel:
+        """Compute every block's attention with ``attention_fn`` (``attention``'s arguments and
+        result) and its MLP's activation with ``gelu_fn`` (``gelu``'s); None: the reference. A
+        backend's faster kernels for the same result."""
         for module in self.modules():
             if isinstance(module, CausalSelfAttention):
-                module.attend = function or attention
+                module.attend = attention_fn or attention
+            elif isinstance(module, FeedForward):
+                module.activate = gelu_fn or gelu
         return self
 
     def num_parameters(self) -> int:

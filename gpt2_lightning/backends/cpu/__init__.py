@@ -2,7 +2,8 @@
 
 - ``onednn``: fp32 linear layers through oneDNN, their gradients through oneDNN or torch
   (whichever of the three is measured fastest).
-- ``calibrate``: which number format and fp32 kernel are fastest here, measured once, cached.
+- ``calibrate``: which number format, fp32 kernel and bf16 GELU form are fastest here, measured
+  once, cached.
 - ``attention``: two matmuls instead of SDPA for short bf16 / fp16 sequences.
 - ``loss``: the chunked fp32 cross-entropy and the LM head's gradient in vocabulary blocks.
 - ``allocator``: glibc told to keep freed memory.
@@ -10,14 +11,15 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from gpt2_lightning.backends.base import Backend, Kernels
 from gpt2_lightning.backends.cpu.attention import short_sequence_attention
-from gpt2_lightning.backends.cpu.calibrate import dtype_race, onednn_race
+from gpt2_lightning.backends.cpu.calibrate import dtype_race, gelu_race, onednn_race
 from gpt2_lightning.backends.cpu.loss import head_loss, token_losses
 from gpt2_lightning.backends.cpu.onednn import LINEAR_GRADIENTS, use_onednn_linears
-from gpt2_lightning.backends.plan import PRECISION_DTYPES, Workload
+from gpt2_lightning.backends.plan import DTYPES, PRECISION_DTYPES, Workload
 
 
 class CPUBackend(Backend):
@@ -32,18 +34,20 @@ class CPUBackend(Backend):
                 race = dtype_race("cpu", "train", width, linears)
                 measured["training precision"] = race.summary()
                 precision = "bf16-mixed" if race.fastest == "bfloat16" else "32-true"
-        return precision, self._workload(PRECISION_DTYPES[precision], linears, loss="chunked"), measured
+        dtype = PRECISION_DTYPES[precision]
+        return precision, self._workload(dtype, linears, self._gelu(dtype, width, measure, "training", measured),
+                                         loss="chunked"), measured
 
     def plan_generation(self, dtype: str, width: int, measure: bool = True) -> tuple[Workload, dict[str, str]]:
         measured: dict[str, str] = {}
         if not measure:
-            return self._workload("float32" if dtype == "auto" else dtype, "torch"), measured
+            return self._workload("float32" if dtype == "auto" else dtype, "torch", "tanh"), measured
         linears = self._fp32_linears(width, "generate", measured) if dtype in ("auto", "float32") else "torch"
         if dtype == "auto":
             race = dtype_race("cpu", "generate", width, linears)
             measured["generation dtype"] = race.summary()
             dtype = race.fastest if race.fastest == "bfloat16" else "float32"
-        return self._workload(dtype, linears), measured
+        return self._workload(dtype, linears, self._gelu(dtype, width, True, "generation", measured)), measured
 
     @staticmethod
     def _fp32_linears(width: int, workload: str, measured: dict[str, str]) -> str:
@@ -54,9 +58,18 @@ class CPUBackend(Backend):
         return "torch" if race.fastest == "float32" else race.fastest
 
     @staticmethod
-    def _workload(dtype: str, linears: str, loss: str = "reference") -> Workload:
+    def _gelu(dtype: str, width: int, measure: bool, workload: str, measured: dict[str, str]) -> str:
+        """GPT-2's tanh GELU, or in bf16 / fp16 the exact one where it measures faster."""
+        if dtype == "float32" or not measure:
+            return "tanh"
+        race = gelu_race(DTYPES[dtype], width)
+        measured[f"{workload} GELU"] = race.summary()
+        return race.fastest
+
+    @staticmethod
+    def _workload(dtype: str, linears: str, gelu: str, loss: str = "reference") -> Workload:
         return Workload(dtype, linears if dtype == "float32" else "torch",
-                        "sdpa" if dtype == "float32" else "matmul-short", loss)
+                        "sdpa" if dtype == "float32" else "matmul-short", loss, gelu)
 
     def prepare(self, model: nn.Module, workload: Workload) -> None:
         if workload.linears in LINEAR_GRADIENTS:
@@ -64,5 +77,6 @@ class CPUBackend(Backend):
 
     def kernels(self, workload: Workload) -> Kernels:
         return Kernels(attention=short_sequence_attention if workload.attention == "matmul-short" else None,
+                       gelu=F.gelu if workload.gelu == "erf" else None,
                        head_loss=head_loss if workload.loss == "chunked" else None,
                        token_losses=token_losses if workload.loss == "chunked" else None)

@@ -31,7 +31,7 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                      is_causal: bool = False, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(D) + mask) v written out (the softmax accumulates in fp32). A causal
     mask is added in the scores' product (``baddbmm``, the scale too): no pass of its own over
-    the scores, forward or backward (10-20% faster at 91-256 tokens than masking after)."""
+    the scores, forward or backward (12-17% faster in bf16 at 91-256 tokens than masking after)."""
     batch, heads, queries, dim = q.shape
     keys = k.shape[-2]
     if is_causal:

@@ -23,7 +23,7 @@ from gpt2_lightning.generation.stream import GenerationFailed, TextStream, gener
 from gpt2_lightning.model.gpt import GPTModel
 from gpt2_lightning.model.tokenizer import encode
 
-DISCONNECT_POLL = 0.5  # seconds between checks that a waiting client is still there
+DISCONNECT_POLL = 0.5  # seconds between checks that a client is still there
 
 
 @dataclass
@@ -142,13 +142,18 @@ class ServedModel:
         """The pieces of the answer's text as its tokens arrive. A client that disconnects,
         or a stop string, ends the sequence at the engine's next step."""
         stream, seq = answer.stream, answer.seq
+        checked = time.monotonic()
         try:
             while stream.finish_reason is None:
                 try:
                     item = await asyncio.wait_for(answer.arrived.get(), timeout=DISCONNECT_POLL)
                 except asyncio.TimeoutError:
+                    item = None
+                if time.monotonic() - checked >= DISCONNECT_POLL:  # also while tokens keep coming
                     if await request.is_disconnected():
                         return
+                    checked = time.monotonic()
+                if item is None:
                     continue
                 try:
                     piece = stream.feed(item)

@@ -96,19 +96,21 @@ def gelu_race(dtype: torch.dtype, width: int) -> Race:
         return _fewest_seconds(run)
 
     return _race(torch.device("cpu"), f"gelu {str(dtype).removeprefix('torch.')}", width,
-                 {"tanh": lambda screen: seconds("tanh"), "erf": lambda screen: seconds("none")})
+                 {"tanh": lambda screen: seconds("tanh"), "erf": lambda screen: seconds("none")}, screened=False)
 
 
-def _race(device: torch.device, workload: str, width: int, candidates: dict[str, Candidate]) -> Race:
+def _race(device: torch.device, workload: str, width: int, candidates: dict[str, Candidate],
+          screened: bool = True) -> Race:
     """The fastest of ``candidates``, the first being the baseline another must beat by 5%, in
-    the two rounds of the module's docstring; remembered per machine in the cache."""
+    the two rounds of the module's docstring (``screened=False``: the whole workload alone, for
+    candidates that are never emulated); remembered per machine in the cache."""
     here = machine()
     key = f"{here} | {device.type} | {workload} | width {width} | {' vs '.join(candidates)}"
     path = cache_dir() / CACHE_FILE
     known = _read(path).get(key)
     if isinstance(known, dict) and known.get("fastest") in candidates and isinstance(known.get("seconds"), dict):
         return Race(known["fastest"], known["seconds"], known.get("screen") or {})
-    race = screened_race(candidates)
+    race = screened_race(candidates) if screened else _fastest({name: run(False) for name, run in candidates.items()})
     log.info("measured %s matmuls on %s (%s): %s", workload, device.type, here, race.summary())
     try:
         write_json(path, {**_read(path), key: {"fastest": race.fastest, "seconds": race.seconds,
@@ -123,10 +125,15 @@ def screened_race(candidates: dict[str, Candidate]) -> Race:
     baseline (the first candidate) there in the second, the whole workload."""
     screen = {name: seconds(True) for name, seconds in candidates.items()}
     baseline = next(iter(candidates))
-    seconds = {name: run(False) for name, run in candidates.items()
-               if screen[name] <= SCREEN_FACTOR * screen[baseline]}
+    return _fastest({name: run(False) for name, run in candidates.items()
+                     if screen[name] <= SCREEN_FACTOR * screen[baseline]}, screen)
+
+
+def _fastest(seconds: dict[str, float], screen: dict[str, float] | None = None) -> Race:
+    """The race of ``seconds``: the first (the baseline) wins unless another is 5% faster."""
+    baseline = next(iter(seconds))
     fastest = min(seconds, key=lambda name: seconds[name] / (1 if name == baseline else MARGIN))
-    return Race(fastest, seconds, screen)
+    return Race(fastest, seconds, screen or {})
 
 
 def _seconds(device: torch.device, workload: str, width: int, dtype: torch.dtype, linears: str,

@@ -48,7 +48,6 @@ def autocast(precision: str):
 def ours(model, records, batch: int, precision: str, plan: ExecutionPlan):
     """Our side: ``(loss(batch), batches)``, the batches with the reference's log-probabilities."""
     kernels = prepare_for_training(model, plan)
-    model.use_kernels(kernels.attention, kernels.gelu)
     logprobs = functools.partial(answer_logprobs, token_losses=kernels.token_losses)
     dataset = PreferenceDataset(records, "alpaca")
     dataset.reference = compute_reference({"train": dataset}, lambda x, y: logprobs(model.eval(), x, y)[0], batch,

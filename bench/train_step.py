@@ -78,7 +78,6 @@ def loss_function(name: str, cfg: GPTConfig, device: torch.device, precision: st
         model = ours.to(device).train()
         plan = training_plan(device, "32-true" if precision == "fp32" else "bf16-mixed", cfg.emb_dim)
         kernels = prepare_for_training(model, plan)
-        model.use_kernels(kernels.attention, kernels.gelu)
         loss = functools.partial(masked_lm_loss, head_loss=kernels.head_loss)
         loss = torch.compile(loss, dynamic=True) if compiled else loss
         return model, lambda x, y: loss(model, x, y)[0]

@@ -71,16 +71,23 @@ def test_matmul_attention_equals_sdpa(queries, keys, padded):
     torch.testing.assert_close(matmul_attention(q, k, v, mask, causal), expected, atol=1e-5, rtol=0)
 
 
-def test_bf16_model_on_cpu_matches_fp32_and_its_own_cache():
-    """bf16 on CPU takes the matmul attention path; it must agree with the fp32 model (to bf16
-    precision) and decode through the cache like a full forward."""
+def fp32_then_bf16(batch: int, seq: int) -> tuple[GPTModel, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A tiny model, random tokens, and its logits for them in fp32 and then in bf16 (the model
+    left in bf16)."""
     torch.manual_seed(0)
     model = GPTModel(TINY).eval()
-    idx = torch.randint(0, TINY.vocab_size, (2, 24))
+    idx = torch.randint(0, TINY.vocab_size, (batch, seq))
     with torch.no_grad():
         full32 = model(idx)
         model.to(torch.bfloat16)
-        full16 = model(idx)
+        return model, idx, full32, model(idx)
+
+
+def test_bf16_model_on_cpu_matches_fp32_and_its_own_cache():
+    """bf16 on CPU takes the matmul attention path; it must agree with the fp32 model (to bf16
+    precision) and decode through the cache like a full forward."""
+    model, idx, full32, full16 = fp32_then_bf16(2, 24)
+    with torch.no_grad():
         cache = model.new_cache(batch_size=2)
         steps = [model(idx[:, :16], cache)] + [model(idx[:, t:t + 1], cache) for t in range(16, 24)]
     assert full16.dtype == torch.bfloat16
@@ -92,13 +99,9 @@ def test_bf16_model_on_cpu_matches_fp32_and_its_own_cache():
 def test_exact_gelu_in_bf16_is_within_bf16s_own_rounding_of_gpt2s_tanh_gelu():
     """The CPU backend's ``erf`` GELU form: a bf16 model with it is as close to the fp32 model
     (GPT-2's tanh GELU) as the bf16 model with the tanh GELU; and the reference comes back."""
-    torch.manual_seed(0)
-    model = GPTModel(TINY).eval()
-    idx = torch.randint(0, TINY.vocab_size, (4, 48))
+    model, idx, reference, tanh = fp32_then_bf16(4, 48)
+    tanh = tanh.float()
     with torch.no_grad():
-        reference = model(idx)
-        model.to(torch.bfloat16)
-        tanh = model(idx).float()
         erf = model.use_kernels(gelu_fn=torch.nn.functional.gelu)(idx).float()
         back = model.use_kernels()(idx).float()
     assert not torch.equal(erf, tanh) and torch.equal(back, tanh)

@@ -2,7 +2,7 @@
 
 ``training_plan`` and ``generation_plan`` make a process's ``ExecutionPlan`` (measured once per
 machine where a choice depends on it); ``prepare_for_training`` and ``prepare_for_generation``
-apply a plan to a model and return the kernels for the model's and the loss's hooks. The
+apply a plan to a model: its layers, its hooks, and (for training) the kernels for the loss's. The
 device modules are imported only when a plan for their device is made.
 """
 
@@ -77,16 +77,22 @@ def generation_plan(device: str | torch.device = "auto", dtype: str = "auto", wi
 
 
 def prepare_for_training(model: nn.Module, plan: ExecutionPlan) -> Kernels:
-    """Swap ``model``'s layers for the plan's training kernels (in place); the hooks' kernels."""
-    backend = backend_for(plan.device)
-    backend.prepare(model, plan.train)
-    return backend.kernels(plan.train)
+    """Swap ``model``'s layers for the plan's training kernels and set its hooks (a ``GPTModel``'s
+    ``use_kernels``), in place; the kernels, the loss's hooks among them."""
+    return _prepared(model, plan.device, plan.train)
 
 
-def prepare_for_generation(model: nn.Module, plan: ExecutionPlan) -> tuple[nn.Module, Kernels]:
+def prepare_for_generation(model: nn.Module, plan: ExecutionPlan) -> nn.Module:
     """``model`` on the plan's device in its generation dtype, in eval mode, its layers swapped
-    for the plan's kernels; the hooks' kernels."""
-    backend = backend_for(plan.device)
+    for the plan's kernels and its hooks set."""
     model = model.to(plan.device, plan.generate.torch_dtype).eval()
-    backend.prepare(model, plan.generate)
-    return model, backend.kernels(plan.generate)
+    _prepared(model, plan.device, plan.generate)
+    return model
+
+
+def _prepared(model: nn.Module, device: str, workload: Workload) -> Kernels:
+    backend = backend_for(device)
+    backend.prepare(model, workload)
+    kernels = backend.kernels(workload)
+    model.use_kernels(kernels.attention, kernels.gelu)
+    return kernels

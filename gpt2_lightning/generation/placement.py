@@ -17,5 +17,4 @@ def placed_for_generation(model: GPTModel, plan: ExecutionPlan | None = None, de
     if plan is None:
         plan = generation_plan(device, dtype, model.cfg.emb_dim)
         log.info("execution plan: %s", plan.describe())
-    model, kernels = prepare_for_generation(model, plan)
-    return model.use_kernels(kernels.attention, kernels.gelu)
+    return prepare_for_generation(model, plan)

@@ -92,7 +92,6 @@ class InstructionTuner(L.LightningModule):
             self.plan = training_plan(self.trainer.strategy.root_device, str(self.trainer.precision),
                                       self.config.emb_dim)
         self.kernels = prepare_for_training(self.model, self.plan)
-        self.model.use_kernels(self.kernels.attention, self.kernels.gelu)
         self.loss_fn = functools.partial(masked_lm_loss, head_loss=self.kernels.head_loss)
         if self.hparams.compile:  # what training runs (the loss), not forward; parameter names stay the same
             self.loss_fn = torch.compile(self.loss_fn, dynamic=True)

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import hydra
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from gpt2_lightning.backends import generation_plan, training_plan
@@ -128,6 +129,43 @@ def test_bf16_takes_the_gelu_form_measured_fastest_and_fp32_keeps_gpt2s_tanh_gel
         plan = training_plan("cpu", "bf16-mixed", width=64)
         assert (plan.train.gelu, prepare_for_training(GPTModel(TINY), plan).gelu) == (fastest, kernel)
         assert f"GELU {fastest}" in plan.describe()
+
+
+def test_attention_runs_as_matmuls_up_to_the_longest_length_measured_faster(tmp_path, monkeypatch):
+    import json
+
+    from gpt2_lightning.backends import prepare_for_training
+    from gpt2_lightning.backends.machine import machine
+
+    monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path / "measured"))
+    plan = training_plan("cpu", "bf16-mixed", width=64)
+    races = {k: v for k, v in json.loads((tmp_path / "measured" / "calibration.json").read_text()).items()
+             if "| attention bfloat16 " in k}  # (generation may race its own dtype too)
+    key = f"{machine()} | cpu | attention bfloat16 | {{}} tokens | width 64 | sdpa vs matmul".format
+    assert set(races[key(256)]["seconds"]) == {"sdpa", "matmul"}  # the longest length first
+    if races[key(256)]["fastest"] == "matmul":
+        assert (plan.train.attention, plan.train.matmul_tokens, len(races)) == ("matmul-short", 256, 1)
+    else:  # then the next length
+        expected = ("matmul-short", 128) if races[key(128)]["fastest"] == "matmul" else ("sdpa", 256)
+        assert (plan.train.attention, plan.train.matmul_tokens) == expected
+    assert plan.measured["training attention"].count("->") == len(races)
+
+    def planned(fastest_at):  # what the machine's calibration found at 256 and 128 tokens
+        cache = tmp_path / "-".join(fastest_at)
+        cache.mkdir()
+        (cache / "calibration.json").write_text(json.dumps({
+            f"{machine()} | cpu | attention bfloat16 | {tokens} tokens | width 64 | sdpa vs matmul":
+                {"fastest": fastest, "seconds": {}} for tokens, fastest in zip((256, 128), fastest_at)}))
+        monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(cache))
+        plan = training_plan("cpu", "bf16-mixed", width=64)
+        return plan.train.attention, plan.train.matmul_tokens, prepare_for_training(GPTModel(TINY), plan).attention
+
+    attention, tokens, kernel = planned(["matmul", "sdpa"])
+    assert (attention, tokens, kernel.keywords) == ("matmul-short", 256, {"dtype": torch.bfloat16, "max_tokens": 256})
+    attention, tokens, kernel = planned(["sdpa", "matmul"])
+    assert (attention, tokens, kernel.keywords["max_tokens"]) == ("matmul-short", 128, 128)
+    assert "attention matmuls up to 128 tokens, then sdpa" in training_plan("cpu", "bf16-mixed", width=64).describe()
+    assert planned(["sdpa", "sdpa"])[0::2] == ("sdpa", None)
 
 
 def test_a_candidate_far_slower_in_the_first_round_never_runs_the_whole_workload():

@@ -83,9 +83,23 @@ def fp32_then_bf16(batch: int, seq: int) -> tuple[GPTModel, torch.Tensor, torch.
         return model, idx, full32, model(idx)
 
 
+def test_short_sequence_attention_takes_the_matmuls_only_in_its_dtype_and_up_to_its_length():
+    from gpt2_lightning.backends.cpu.attention import short_sequence_attention
+
+    torch.manual_seed(0)
+    for tokens, dtype, path in [(16, torch.bfloat16, "matmul"), (17, torch.bfloat16, "sdpa"),
+                                (16, torch.float32, "sdpa")]:
+        q, k, v = torch.randn(3, 2, 4, tokens, 8).to(dtype)
+        out = short_sequence_attention(q, k, v, None, True, dtype=torch.bfloat16, max_tokens=16)
+        matmuls = matmul_attention(q, k, v, None, True)
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        assert not torch.equal(matmuls, sdpa)  # the two paths tell apart
+        assert torch.equal(out, matmuls if path == "matmul" else sdpa), (tokens, dtype)
+
+
 def test_bf16_model_on_cpu_matches_fp32_and_its_own_cache():
-    """bf16 on CPU takes the matmul attention path; it must agree with the fp32 model (to bf16
-    precision) and decode through the cache like a full forward."""
+    """bf16 on CPU agrees with the fp32 model (to bf16 precision) and decodes through the cache
+    like a full forward."""
     model, idx, full32, full16 = fp32_then_bf16(2, 24)
     with torch.no_grad():
         cache = model.new_cache(batch_size=2)

@@ -35,18 +35,25 @@ class Workload:
     """The linear layers' kernel: ``torch`` (``F.linear``); fp32 on a CPU, ``onednn`` (oneDNN,
     gradients too) or ``onednn-forward`` (oneDNN, the gradients by ``torch.mm``)."""
     attention: str = "sdpa"
-    """``sdpa`` (``F.scaled_dot_product_attention``) or ``matmul-short`` (two matmuls for short
-    bf16 / fp16 sequences on a CPU, SDPA beyond)."""
+    """``sdpa`` (``F.scaled_dot_product_attention``) or ``matmul-short`` (two matmuls on a CPU
+    for sequences of up to ``matmul_tokens`` tokens, SDPA beyond)."""
     loss: str = "reference"
     """Training only: ``reference`` (``F.cross_entropy`` over the head's logits) or ``chunked``
     (the CPU's chunked cross-entropy with the head's gradient in vocabulary blocks)."""
     gelu: str = "tanh"
     """The MLP's activation: ``tanh`` (GPT-2's form) or ``erf`` (the exact GELU, in bf16 / fp16
     only, where it is within the format's rounding of the tanh form: chosen where faster)."""
+    matmul_tokens: int = 256
+    """The longest sequence ``matmul-short`` computes as two matmuls (measured where it applies)."""
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    def describe(self) -> str:
+        attention = (f"matmuls up to {self.matmul_tokens} tokens, then sdpa" if self.attention == "matmul-short"
+                     else self.attention)
+        return f"linears {self.linears}, attention {attention}, GELU {self.gelu}"
 
 
 @dataclass(frozen=True)
@@ -97,9 +104,7 @@ class ExecutionPlan:
         """One line for the log."""
         parts = [f"device {self.device}"]
         if self.train is not None:
-            parts.append(f"training {self.precision} (linears {self.train.linears}, attention "
-                         f"{self.train.attention}, GELU {self.train.gelu}, loss {self.train.loss})")
-        parts.append(f"generation {self.generate.dtype} (linears {self.generate.linears}, attention "
-                     f"{self.generate.attention}, GELU {self.generate.gelu})")
+            parts.append(f"training {self.precision} ({self.train.describe()}, loss {self.train.loss})")
+        parts.append(f"generation {self.generate.dtype} ({self.generate.describe()})")
         measured = "; ".join(f"{what}: {result}" for what, result in self.measured.items())
         return ", ".join(parts) + (f"; measured {measured}" if measured else "")

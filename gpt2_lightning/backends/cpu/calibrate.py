@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt2_lightning.backends.cpu.attention import matmul_attention
 from gpt2_lightning.backends.cpu.onednn import LINEAR_GRADIENTS, OneDNNLinear, onednn_available
 from gpt2_lightning.backends.machine import machine, timings
 from gpt2_lightning.io import read_json, write_json
@@ -37,6 +38,10 @@ TOKENS = {"train": 256, "generate": 4}  # a training batch's tokens; tokens deco
 SCREEN_SIDE = 256  # the first round's product for training: 256 x 256 by 256 x 256
 SCREEN_FACTOR = 3.0  # a candidate that slow against the baseline in the first round is out
 MIN_TIMED_SECONDS = 0.05  # a workload is timed up to 6 times while its runs add up to less
+# The sequence lengths the attention race tries (longest first) and the sequences it times at
+# once. Beyond 256 tokens SDPA measured as fast as the matmuls, and holds no probabilities.
+ATTENTION_TOKENS = (256, 128)
+ATTENTION_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,32 @@ def gelu_race(dtype: torch.dtype, width: int) -> Race:
 
     return _race(torch.device("cpu"), f"gelu {str(dtype).removeprefix('torch.')}", width,
                  {"tanh": lambda screen: seconds("tanh"), "erf": lambda screen: seconds("none")}, screened=False)
+
+
+def attention_race(dtype: torch.dtype, width: int) -> tuple[int, list[Race]]:
+    """The longest of ``ATTENTION_TOKENS`` at which causal attention as two matmuls
+    (``attention.matmul_attention``) is 5% faster than SDPA, forward and backward over
+    ``ATTENTION_BATCH`` sequences of a width-``width`` model's heads in ``dtype`` on this CPU,
+    the longest tried first (0: SDPA at every length); and the races that decided it."""
+    def seconds(attend: Callable, tokens: int) -> float:
+        generator = torch.Generator().manual_seed(0)
+        qkv = torch.randn(ATTENTION_BATCH, tokens, 3, max(1, min(width, 768) // 64), 64, dtype=dtype,
+                          generator=generator, requires_grad=True)
+
+        def run() -> None:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # as the model's attention splits its qkv product
+            torch.autograd.grad(attend(q, k, v, is_causal=True).sum(), qkv)
+
+        return _fewest_seconds(run)
+
+    races = []
+    for tokens in ATTENTION_TOKENS:
+        races.append(_race(torch.device("cpu"), f"attention {str(dtype).removeprefix('torch.')} | {tokens} tokens",
+                           width, {"sdpa": lambda screen: seconds(F.scaled_dot_product_attention, tokens),
+                                   "matmul": lambda screen: seconds(matmul_attention, tokens)}, screened=False))
+        if races[-1].fastest == "matmul":
+            return tokens, races
+    return 0, races
 
 
 def _race(device: torch.device, workload: str, width: int, candidates: dict[str, Candidate],

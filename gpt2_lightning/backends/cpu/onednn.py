@@ -23,7 +23,10 @@ from torch.autograd.function import once_differentiable
 # product over the 50257 rows of GPT-2's LM head ran 2.3x slower in bf16 and 1.5x slower in fp32
 # through oneDNN than blocks of 2048-16384 rows, which measured alike (AMD EPYC Zen 4, 447 input
 # rows of gpt2-small); its forward product 1.4x slower than blocks of 2048-4096 (Zen 3, fp32,
-# 2048 rows: 90 against 117-131 GFLOP/s).
+# 2048 rows: 90 against 117-131 GFLOP/s). On a Zen 5, blocks of 2048-16384 rows measured alike
+# again (the head's product, cross-entropy and gradients, 450 and 2048 rows, fp32 and bf16: within
+# its run-to-run noise of 10-15%) and one product over all rows 1.2-1.4x slower at 450 rows. An
+# optimum this flat on every machine measured is a constant, not a race the calibration pays for.
 HEAD_BLOCK_ROWS = 4096
 
 

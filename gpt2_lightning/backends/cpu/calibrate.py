@@ -1,16 +1,18 @@
-"""Which number format is fastest on this machine: measured, not read off a CPU flag.
+"""Which number format and kernels are fastest on this machine: measured, not read off a CPU flag.
 
 A CPU with AVX512-BF16 may run bf16 matmuls at twice the fp32 speed (one AMD EPYC) or at
 two thirds of it (one Intel Xeon), and one without AVX-512 emulates bf16 20x slower. So the
 execution plan (``backends.plan``) times a few matmuls of the model's width in each
 candidate, once per machine, device, workload and width, and keeps the answer in the user
-cache (``calibration.json``).
+cache (``calibration.json``); likewise the fp32 linear kernel, the attention path and the
+bf16 GELU form.
 
-A race has two rounds, so that it stays under a second even where a candidate is emulated: in
-the first every candidate runs a small, compute-bound part of the workload, and one more than
-``SCREEN_FACTOR`` times slower there than the baseline is out (emulated bf16: 8x at 256 x 256,
-30x at a batch's size); the others then run the whole workload. A workload timed once in a
-process (fp32 is the baseline of several races) is not timed again.
+The race of number formats has two rounds, so that it stays under a second even where a
+candidate is emulated: in the first every candidate runs a small, compute-bound part of the
+workload, and one more than ``SCREEN_FACTOR`` times slower there than the baseline is out
+(emulated bf16: 8x at 256 x 256, 30x at a batch's size); the others then run the whole
+workload. The other races have no emulated candidate and time each one's whole workload. A
+workload timed once in a process (fp32 is the baseline of several races) is not timed again.
 """
 
 from __future__ import annotations

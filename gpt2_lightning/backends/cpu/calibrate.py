@@ -75,7 +75,8 @@ def dtype_race(device: torch.device | str, workload: str, width: int, linears: s
     timed = functools.partial(_seconds, device, workload, min(width, 768))
     fp32 = "float32" if linears == "torch" else f"float32+{linears}"
     return _race(device, workload, width, {fp32: functools.partial(timed, torch.float32, linears),
-                                           "bfloat16": functools.partial(timed, torch.bfloat16, "torch")})
+                                           "bfloat16": functools.partial(timed, torch.bfloat16, "torch")},
+                 screened=True)
 
 
 def onednn_race(width: int, workload: str) -> Race | None:
@@ -89,8 +90,7 @@ def onednn_race(width: int, workload: str) -> Race | None:
     timed = functools.partial(_seconds, torch.device("cpu"), workload, min(width, 768), torch.float32)
     kernels = ["onednn", "onednn-forward"] if workload == "train" else ["onednn"]
     return _race(torch.device("cpu"), workload, width,
-                 {"float32": functools.partial(timed, "torch"), **{k: functools.partial(timed, k) for k in kernels}},
-                 screened=False)
+                 {"float32": functools.partial(timed, "torch"), **{k: functools.partial(timed, k) for k in kernels}})
 
 
 def gelu_race(dtype: torch.dtype, width: int) -> Race:
@@ -106,8 +106,8 @@ def gelu_race(dtype: torch.dtype, width: int) -> Race:
         return _fewest_seconds(lambda: (F.gelu(x, approximate=form),
                                         torch.ops.aten.gelu_backward(grad, x, approximate=form)))
 
-    return _race(torch.device("cpu"), f"gelu {str(dtype).removeprefix('torch.')}", width,
-                 {"tanh": lambda screen: seconds("tanh"), "erf": lambda screen: seconds("none")}, screened=False)
+    return _race(torch.device("cpu"), f"gelu {_name(dtype)}", width,
+                 {"tanh": lambda screen: seconds("tanh"), "erf": lambda screen: seconds("none")})
 
 
 def attention_race(dtype: torch.dtype, width: int) -> tuple[int, list[Race]]:
@@ -128,19 +128,19 @@ def attention_race(dtype: torch.dtype, width: int) -> tuple[int, list[Race]]:
 
     races = []
     for tokens in ATTENTION_TOKENS:
-        races.append(_race(torch.device("cpu"), f"attention {str(dtype).removeprefix('torch.')} | {tokens} tokens",
-                           width, {"sdpa": lambda screen: seconds(F.scaled_dot_product_attention, tokens),
-                                   "matmul": lambda screen: seconds(matmul_attention, tokens)}, screened=False))
+        races.append(_race(torch.device("cpu"), f"attention {_name(dtype)} | {tokens} tokens", width,
+                           {"sdpa": lambda screen: seconds(F.scaled_dot_product_attention, tokens),
+                            "matmul": lambda screen: seconds(matmul_attention, tokens)}))
         if races[-1].fastest == "matmul":
             return tokens, races
     return 0, races
 
 
 def _race(device: torch.device, workload: str, width: int, candidates: dict[str, Candidate],
-          screened: bool = True) -> Race:
-    """The fastest of ``candidates``, the first being the baseline another must beat by 5%, in
-    the two rounds of the module's docstring (``screened=False``: the whole workload alone, for
-    candidates that are never emulated); remembered per machine in the cache."""
+          screened: bool = False) -> Race:
+    """The fastest of ``candidates``, the first being the baseline another must beat by 5%, each
+    timed over its whole workload (``screened``: in the two rounds of the module's docstring, for
+    candidates that may be emulated); remembered per machine in the cache."""
     here = machine()
     key = f"{here} | {device.type} | {workload} | width {width} | {' vs '.join(candidates)}"
     path = cache_dir() / CACHE_FILE
@@ -251,6 +251,10 @@ def _weights(device: torch.device, width: int) -> tuple[torch.Tensor, torch.Tens
     generator = torch.Generator(device=device).manual_seed(0)
     return tuple(torch.randn(*shape, device=device, generator=generator)
                  for shape in [(4 * width, width), (width, 4 * width)])
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _read(path) -> dict:

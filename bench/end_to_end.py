@@ -10,7 +10,7 @@ All see the same 935 examples per epoch. Every final model is scored by the same
 the baseline's fp32 mean loss over the whole val split (for ``train.py``, its ``last.ckpt``).
 
     python bench/end_to_end.py [--data ../shared/data/instruction-data.json] [--epochs 2]
-                               [--sides ours trl baseline]
+                               [--sides ours trl baseline] [--train-overrides KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -122,13 +122,13 @@ def plain_loop(data: Path, epochs: int) -> tuple[float, float]:
     return elapsed, val_loss(model, val_loader)
 
 
-def through_train_py(data: Path, epochs: int) -> tuple[float, float, str]:
+def through_train_py(data: Path, epochs: int, overrides: list[str]) -> tuple[float, float, str]:
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
         done = subprocess.run([sys.executable, str(REPO / "train.py"), "model=gpt2-small", "model.pretrained=false",
                                f"data.path={data}", "data.url=null", f"trainer.max_epochs={epochs}", "test=false",
                                "respond=false", "plot=false", "export=false", "callbacks.progress_bar.refresh_rate=0",
-                               "+trainer.profiler=simple", f"hydra.run.dir={run_dir}"],
+                               "+trainer.profiler=simple", f"hydra.run.dir={run_dir}", *overrides],
                               check=True, capture_output=True, text=True)
         elapsed = time.perf_counter() - start
         print_phases(done.stdout + done.stderr, elapsed)
@@ -188,11 +188,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SEED_DATA)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument("--train-overrides", nargs="*", default=[],
+                        help="more overrides for train.py, e.g. trainer.plugins.0.background=false")
     args = parser.parse_args()
     print(machine())
     results = {}
     if "ours" in args.sides:
-        results["ours"] = through_train_py(args.data, args.epochs)
+        results["ours"] = through_train_py(args.data, args.epochs, args.train_overrides)
     if "trl" in args.sides:  # in the precision train.py chose (or would choose) here
         precision = results["ours"][2] if "ours" in results else training_plan(training_device("auto")).precision
         results["trl"] = (*through_trl(args.data, args.epochs, precision.startswith("bf16")), precision)

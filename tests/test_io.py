@@ -15,7 +15,7 @@ from gpt2_lightning.io import DirectFile, atomic_write
 def direct_io(tmp_path, monkeypatch):
     """``O_DIRECT`` on ``tmp_path``, with a staging buffer of 3 blocks, so that small writes cross it."""
     fd = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT)
-    supported = DirectFile.supported(fd)
+    supported = DirectFile.switch_to_direct(fd)
     os.close(fd)
     os.unlink(tmp_path / "probe")
     if not supported:

@@ -13,7 +13,6 @@ cost. One model, optimizer and set of batches; the sides take turns.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SEED_DATA, machine  # noqa: E402
-from train_step import DTYPES, loss_function, seed_batches  # noqa: E402
+from train_step import DTYPES, seed_batches, training_step  # noqa: E402
 
 from gpt2_lightning.backends.cpu.allocator import keep_freed_memory  # noqa: E402
 from gpt2_lightning.io import atomic_write  # noqa: E402
@@ -50,22 +49,15 @@ def main() -> None:
     print(machine())
     keep_freed_memory()
     device = torch.device("cpu")
-    model, loss_fn = loss_function("ours", GPTConfig.from_name("gpt2-small"), device, args.precision)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True)
-    autocast = (torch.autocast("cpu", dtype=DTYPES[args.precision]) if args.precision != "fp32"
-                else contextlib.nullcontext())
+    model, optimizer, step = training_step("ours", GPTConfig.from_name("gpt2-small"), device, args.precision)
     batches = seed_batches(args.data, args.steps, device)
     writers = {"direct": AtomicCheckpointIO().save_checkpoint, "cached": cached_write}
 
     def one_pass(side: str, path: Path) -> float:
         start = time.perf_counter()
-        for step, (x, y) in enumerate(batches):
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss = loss_fn(x, y)
-            loss.backward()
-            optimizer.step()
-            if step == 0 and side in writers:
+        for i, (x, y) in enumerate(batches):
+            step(x, y)
+            if i == 0 and side in writers:
                 writers[side]({"state_dict": model.state_dict(), "optimizer_states": [optimizer.state_dict()]}, path)
         return time.perf_counter() - start
 

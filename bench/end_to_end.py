@@ -189,7 +189,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     parser.add_argument("--train-overrides", nargs="*", default=[],
-                        help="more overrides for train.py, e.g. trainer.plugins.0.background=false")
+                        help="more overrides for train.py, e.g. trainer.plugins=[] (Lightning's own checkpoint writer)")
     args = parser.parse_args()
     print(machine())
     results = {}

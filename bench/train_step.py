@@ -94,21 +94,31 @@ def loss_function(name: str, cfg: GPTConfig, device: torch.device, precision: st
     raise SystemExit(f"unknown implementation {name!r}")
 
 
-def trainer(name: str, cfg: GPTConfig, device: torch.device, precision: str):
-    """``train(batches)``: training steps (forward, backward, fused AdamW) of implementation
-    ``name`` over ``batches`` in ``precision``."""
+def training_step(name: str, cfg: GPTConfig, device: torch.device, precision: str):
+    """``(model, optimizer, step(x, y))``: one training step (forward, backward, fused AdamW) of
+    implementation ``name`` in ``precision``, with the model and optimizer it trains."""
     model, loss_fn = loss_function(name, cfg, device, precision)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True)
     autocast = (torch.autocast(device.type, dtype=DTYPES[precision]) if precision != "fp32"
                 else contextlib.nullcontext())
 
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = loss_fn(x, y)
+        loss.backward()
+        optimizer.step()
+
+    return model, optimizer, step
+
+
+def trainer(name: str, cfg: GPTConfig, device: torch.device, precision: str):
+    """``train(batches)``: training steps of implementation ``name`` over ``batches`` in ``precision``."""
+    _, _, step = training_step(name, cfg, device, precision)
+
     def train(batches) -> None:
         for x, y in batches:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss = loss_fn(x, y)
-            loss.backward()
-            optimizer.step()
+            step(x, y)
 
     return train
 

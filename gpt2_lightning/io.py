@@ -146,9 +146,10 @@ class DirectFile(io.RawIOBase):
             try:
                 written += os.write(self._fd, self._staged[written:length])
             except OSError as err:  # a file system that took the flag but not the write: through the cache
-                if err.errno != errno.EINVAL or not fcntl.fcntl(self._fd, fcntl.F_GETFL) & os.O_DIRECT:
+                flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+                if err.errno != errno.EINVAL or not flags & os.O_DIRECT:
                     raise
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, but through a temporary file and a rename (a run killed
     while saving leaves the previous ``last.ckpt`` intact, never a truncated one) and around
     the page cache where the file system allows it (``DirectFile``: a gpt2-small ``last.ckpt``
-    of 1.4 GiB cost a training pass 1.6 s instead of 12.4 through the cache on 2 cores)."""
+    of 1.4 GiB added 0.7 s to a pass of training steps instead of 9.7 through the cache, on 2
+    cores)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:

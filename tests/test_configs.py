@@ -174,21 +174,44 @@ def test_a_candidate_far_slower_in_the_first_round_never_runs_the_whole_workload
 
     runs = []
 
-    def candidate(name, first_round, whole):
-        def seconds(screen):
-            runs.append((name, screen))
-            return first_round if screen else whole
-        return seconds
+    def candidate(name, first_round, whole):  # a run is its seconds, so the race's times are known
+        def run_of(screen):
+            def run():
+                runs.append((name, screen))
+                return first_round if screen else whole
+            return run
+        return run_of
 
     race = screened_race({"float32": candidate("float32", 1.0, 10.0),
                           "emulated": candidate("emulated", SCREEN_FACTOR * 1.01, 1.0),
-                          "close": candidate("close", SCREEN_FACTOR * 0.99, 9.0)})
-    assert runs == [("float32", True), ("emulated", True), ("close", True), ("float32", False), ("close", False)]
+                          "close": candidate("close", SCREEN_FACTOR * 0.99, 9.0)}, seconds_of=lambda run: run())
+    first_round = [("float32", True), ("emulated", True), ("close", True)]
+    assert runs == first_round * 2 + [("float32", False), ("close", False)] * 2  # each twice, in turns
     assert race.fastest == "close" and race.seconds == {"float32": 10.0, "close": 9.0}
     assert race.screen["emulated"] == SCREEN_FACTOR * 1.01
     assert "emulated out in the first round" in race.summary() and race.summary().endswith("-> close")
     # the baseline keeps a tie within 5%
-    assert screened_race({"float32": candidate("a", 1.0, 1.0), "other": candidate("b", 1.0, 0.96)}).fastest == "float32"
+    assert screened_race({"float32": candidate("a", 1.0, 1.0), "other": candidate("b", 1.0, 0.96)},
+                         seconds_of=lambda run: run()).fastest == "float32"
+
+
+def test_candidates_are_timed_in_turns_until_each_has_enough_runs():
+    from gpt2_lightning.backends.cpu.calibrate import MIN_TIMED_SECONDS, fewest_seconds_in_turns
+
+    order = []
+    seconds = {"slow start": iter([0.03, 0.01, 0.01, 0.01, 0.01, 0.01]), "steady": iter([0.03] * 6)}
+
+    def run_of(name):
+        def run():
+            order.append(name)
+            return next(seconds[name])
+        return run
+
+    fewest = fewest_seconds_in_turns({name: run_of(name) for name in seconds}, seconds_of=lambda run: run())
+    # a process's slow first run is one of the baseline's, not its time; each runs until its runs
+    # add up to MIN_TIMED_SECONDS (at most 6 times), the two alternating while both need runs
+    assert MIN_TIMED_SECONDS == 0.05 and fewest == {"slow start": 0.01, "steady": 0.03}
+    assert order == ["slow start", "steady"] * 2 + ["slow start"]
 
 
 def test_processes_started_apart_decide_alike_without_measuring(tmp_path, monkeypatch):

@@ -11,8 +11,11 @@ The race of number formats has two rounds, so that it stays under a second even 
 candidate is emulated: in the first every candidate runs a small, compute-bound part of the
 workload, and one more than ``SCREEN_FACTOR`` times slower there than the baseline is out
 (emulated bf16: 8x at 256 x 256, 30x at a batch's size); the others then run the whole
-workload. The other races have no emulated candidate and time each one's whole workload. A
-workload timed once in a process (fp32 is the baseline of several races) is not timed again.
+workload. The other races have no emulated candidate and time each one's whole workload.
+Within a round the candidates run in turns, one run of each and again, so that what slows a
+process's first runs (threads starting, the clock rising) falls on no candidate alone: timed
+first and alone, torch's fp32 kernel took 26-30 ms against 19 timed later on one Intel Xeon,
+and a kernel slower in a training step won.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ log = logging.getLogger(__name__)
 
 CACHE_FILE = "calibration.json"
 MARGIN = 0.95  # another candidate must be 5% faster than the baseline (fp32) to be chosen over it
-TOKENS = {"train": 256, "generate": 4}  # a training batch's tokens; tokens decoded one by one
+# A training batch's tokens (8 seed-data records hold 450-560; on one Intel Xeon oneDNN's fp32
+# products led MKL's at 256 rows and trailed them by 5-15% from 565 up); tokens decoded one by one.
+TOKENS = {"train": 512, "generate": 4}
 SCREEN_SIDE = 256  # the first round's product for training: 256 x 256 by 256 x 256
 SCREEN_FACTOR = 3.0  # a candidate that slow against the baseline in the first round is out
 MIN_TIMED_SECONDS = 0.05  # a workload is timed up to 6 times while its runs add up to less
@@ -63,20 +68,22 @@ class Race:
             f" -> {self.fastest}"
 
 
-Candidate = Callable[[bool], float]  # the fewest seconds of the workload (True: of the first round's)
+Candidate = Callable[[bool], Callable[[], object]]  # a run of the workload (True: of the first round's)
 
 
-def dtype_race(device: torch.device | str, workload: str, width: int, linears: str = "torch") -> Race:
+def dtype_race(device: torch.device | str, workload: str, width: int, linears: str = "torch",
+               fp32_seconds: float | None = None) -> Race:
     """fp32 against bf16 for ``workload`` (``train``: matmuls of a batch of tokens and their
     gradients; ``generate``: tokens one by one through the weights) on ``device`` for a model
-    of ``width``; fp32 as it would run (``linears``: its layers' kernel, a ``Workload.linears``).
-    bf16 wins only by 5%."""
+    of ``width``; fp32 as it would run (``linears``: its layers' kernel, a ``Workload.linears``;
+    ``fp32_seconds``: its whole workload's time where ``onednn_race`` just measured it). bf16 wins
+    only by 5%."""
     device = torch.device(device)
-    timed = functools.partial(_seconds, device, workload, min(width, 768))
+    run = functools.partial(_workload, device, workload, min(width, 768))
     fp32 = "float32" if linears == "torch" else f"float32+{linears}"
-    return _race(device, workload, width, {fp32: functools.partial(timed, torch.float32, linears),
-                                           "bfloat16": functools.partial(timed, torch.bfloat16, "torch")},
-                 screened=True)
+    return _race(device, workload, width, {fp32: functools.partial(run, torch.float32, linears),
+                                           "bfloat16": functools.partial(run, torch.bfloat16, "torch")},
+                 screened=True, measured={fp32: fp32_seconds} if fp32_seconds else None)
 
 
 def onednn_race(width: int, workload: str) -> Race | None:
@@ -87,27 +94,26 @@ def onednn_race(width: int, workload: str) -> Race | None:
     put oneDNN out (0.97 ms against torch's 0.28) where it multiplies twice as fast."""
     if not onednn_available():
         return None
-    timed = functools.partial(_seconds, torch.device("cpu"), workload, min(width, 768), torch.float32)
+    run = functools.partial(_workload, torch.device("cpu"), workload, min(width, 768), torch.float32)
     kernels = ["onednn", "onednn-forward"] if workload == "train" else ["onednn"]
     return _race(torch.device("cpu"), workload, width,
-                 {"float32": functools.partial(timed, "torch"), **{k: functools.partial(timed, k) for k in kernels}})
+                 {"float32": functools.partial(run, "torch"), **{k: functools.partial(run, k) for k in kernels}})
 
 
 def gelu_race(dtype: torch.dtype, width: int) -> Race:
     """GPT-2's tanh GELU (``tanh``) against the exact one (``erf``), forward and backward over a
     training batch's MLP activations in ``dtype`` (bf16 / fp16, where the two differ by less than
     the format's rounding) on this CPU. The exact one wins only by 5%."""
-    def seconds(form: str) -> float:  # inputs made only where the cache does not hold the answer
+    def run(form: str) -> Callable[[], object]:  # inputs made only where the cache does not hold the answer
         generator = torch.Generator().manual_seed(0)
         x = torch.randn(TOKENS["train"], 4 * min(width, 768), dtype=dtype, generator=generator)
         grad = torch.randn(x.shape, dtype=dtype, generator=generator)
         # the two kernels autograd would run, called directly: a process's first
         # ``autograd.grad`` with a given gradient imports sympy (0.4 s)
-        return _fewest_seconds(lambda: (F.gelu(x, approximate=form),
-                                        torch.ops.aten.gelu_backward(grad, x, approximate=form)))
+        return lambda: (F.gelu(x, approximate=form), torch.ops.aten.gelu_backward(grad, x, approximate=form))
 
     return _race(torch.device("cpu"), f"gelu {_name(dtype)}", width,
-                 {"tanh": lambda screen: seconds("tanh"), "erf": lambda screen: seconds("none")})
+                 {"tanh": lambda screen: run("tanh"), "erf": lambda screen: run("none")})
 
 
 def attention_race(dtype: torch.dtype, width: int) -> tuple[int, list[Race]]:
@@ -115,39 +121,41 @@ def attention_race(dtype: torch.dtype, width: int) -> tuple[int, list[Race]]:
     (``attention.matmul_attention``) is 5% faster than SDPA, forward and backward over
     ``ATTENTION_BATCH`` sequences of a width-``width`` model's heads in ``dtype`` on this CPU,
     the longest tried first (0: SDPA at every length); and the races that decided it."""
-    def seconds(attend: Callable, tokens: int) -> float:
+    def run(attend: Callable, tokens: int) -> Callable[[], None]:
         generator = torch.Generator().manual_seed(0)
         qkv = torch.randn(ATTENTION_BATCH, tokens, 3, max(1, min(width, 768) // 64), 64, dtype=dtype,
                           generator=generator, requires_grad=True)
 
-        def run() -> None:
+        def attention_and_gradient() -> None:
             q, k, v = qkv.permute(2, 0, 3, 1, 4)  # as the model's attention splits its qkv product
             torch.autograd.grad(attend(q, k, v, is_causal=True).sum(), qkv)
 
-        return _fewest_seconds(run)
+        return attention_and_gradient
 
     races = []
     for tokens in ATTENTION_TOKENS:
         races.append(_race(torch.device("cpu"), f"attention {_name(dtype)} | {tokens} tokens", width,
-                           {"sdpa": lambda screen: seconds(F.scaled_dot_product_attention, tokens),
-                            "matmul": lambda screen: seconds(matmul_attention, tokens)}))
+                           {"sdpa": lambda screen: run(F.scaled_dot_product_attention, tokens),
+                            "matmul": lambda screen: run(matmul_attention, tokens)}))
         if races[-1].fastest == "matmul":
             return tokens, races
     return 0, races
 
 
 def _race(device: torch.device, workload: str, width: int, candidates: dict[str, Candidate],
-          screened: bool = False) -> Race:
+          screened: bool = False, measured: dict[str, float] | None = None) -> Race:
     """The fastest of ``candidates``, the first being the baseline another must beat by 5%, each
     timed over its whole workload (``screened``: in the two rounds of the module's docstring, for
-    candidates that may be emulated); remembered per machine in the cache."""
+    candidates that may be emulated; ``measured``: whole workloads' seconds already measured);
+    remembered per machine in the cache."""
     here = machine()
     key = f"{here} | {device.type} | {workload} | width {width} | {' vs '.join(candidates)}"
     path = cache_dir() / CACHE_FILE
     known = _read(path).get(key)
     if isinstance(known, dict) and known.get("fastest") in candidates and isinstance(known.get("seconds"), dict):
         return Race(known["fastest"], known["seconds"], known.get("screen") or {})
-    race = screened_race(candidates) if screened else _fastest({name: run(False) for name, run in candidates.items()})
+    race = screened_race(candidates, measured=measured) if screened else _fastest(fewest_seconds_in_turns(
+        {name: run(False) for name, run in candidates.items()}))
     log.info("measured the %s workload on %s (%s): %s", workload, device.type, here, race.summary())
     try:
         write_json(path, {**_read(path), key: {"fastest": race.fastest, "seconds": race.seconds,
@@ -157,13 +165,37 @@ def _race(device: torch.device, workload: str, width: int, candidates: dict[str,
     return race
 
 
-def screened_race(candidates: dict[str, Candidate]) -> Race:
+def screened_race(candidates: dict[str, Candidate], seconds_of: Callable[[Callable], float] | None = None,
+                  measured: dict[str, float] | None = None) -> Race:
     """The two rounds: every candidate in the first, the ones within ``SCREEN_FACTOR`` of the
-    baseline (the first candidate) there in the second, the whole workload."""
-    screen = {name: seconds(True) for name, seconds in candidates.items()}
+    baseline (the first candidate) there in the second, the whole workload, unless ``measured``
+    holds its seconds (``seconds_of``: see ``fewest_seconds_in_turns``)."""
+    measured = measured or {}
+    screen = fewest_seconds_in_turns({name: run(True) for name, run in candidates.items()}, seconds_of)
     baseline = next(iter(candidates))
-    return _fastest({name: run(False) for name, run in candidates.items()
-                     if screen[name] <= SCREEN_FACTOR * screen[baseline]}, screen)
+    finalists = [name for name in candidates if screen[name] <= SCREEN_FACTOR * screen[baseline]]
+    whole = fewest_seconds_in_turns({name: candidates[name](False) for name in finalists if name not in measured},
+                                    seconds_of)
+    return _fastest({name: measured.get(name, whole.get(name)) for name in finalists}, screen)
+
+
+def fewest_seconds_in_turns(runs: dict[str, Callable[[], object]],
+                            seconds_of: Callable[[Callable], float] | None = None) -> dict[str, float]:
+    """The fewest seconds of each of ``runs``, run in turns (one run of each, then again), each at
+    least twice and up to 6 times while its runs add up to less than ``MIN_TIMED_SECONDS``: the
+    first may build kernels (oneDNN does), and the fewest are the least disturbed by whatever
+    else runs. ``seconds_of(run)``: one run's seconds (default: the wall clock's)."""
+    seconds_of = seconds_of or (lambda run: timings(run, 1, warmup=0)[0])
+    times: dict[str, list[float]] = {name: [] for name in runs}
+
+    def wanted(name: str) -> bool:
+        return len(times[name]) < 2 or (len(times[name]) < 6 and sum(times[name]) < MIN_TIMED_SECONDS)
+
+    while any(wanted(name) for name in runs):
+        for name, run in runs.items():
+            if wanted(name):
+                times[name].append(seconds_of(run))
+    return {name: min(seconds) for name, seconds in times.items()}
 
 
 def _fastest(seconds: dict[str, float], screen: dict[str, float] | None = None) -> Race:
@@ -171,29 +203,6 @@ def _fastest(seconds: dict[str, float], screen: dict[str, float] | None = None) 
     baseline = next(iter(seconds))
     fastest = min(seconds, key=lambda name: seconds[name] / (1 if name == baseline else MARGIN))
     return Race(fastest, seconds, screen or {})
-
-
-def _seconds(device: torch.device, workload: str, width: int, dtype: torch.dtype, linears: str,
-             screen: bool) -> float:
-    """Fewest seconds of ``_workload``'s run (``screen``: of the first round's)."""
-    if screen and linears in LINEAR_GRADIENTS:  # the first round computes no gradient
-        linears = "onednn"
-    return _timed(device, workload, width, dtype, linears, screen)
-
-
-@functools.lru_cache(maxsize=64)
-def _timed(device: torch.device, workload: str, width: int, dtype: torch.dtype, linears: str,
-           screen: bool) -> float:
-    return _fewest_seconds(_workload(device, workload, width, dtype, linears, screen))
-
-
-def _fewest_seconds(run: Callable[[], object]) -> float:
-    """The fewest seconds of at least two runs of ``run``: the first may build kernels (oneDNN
-    does), and the fewest are the least disturbed by whatever else runs."""
-    times = timings(run, 2, warmup=0)
-    while len(times) < 6 and sum(times) < MIN_TIMED_SECONDS:
-        times += timings(run, 1, warmup=0)
-    return min(times)
 
 
 def _workload(device: torch.device, workload: str, width: int, dtype: torch.dtype, linears: str,

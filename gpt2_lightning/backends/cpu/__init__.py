@@ -27,13 +27,13 @@ from gpt2_lightning.backends.plan import DTYPES, PRECISION_DTYPES, Workload
 class CPUBackend(Backend):
     def plan_training(self, precision: str, width: int, measure: bool) -> tuple[str, Workload, dict[str, str]]:
         measured: dict[str, str] = {}
-        linears, fp32_seconds = "torch", None
+        linears = "torch"
         if measure and precision in ("auto", "32-true", "32"):
-            linears, fp32_seconds = self._fp32_linears(width, "train", measured)
+            linears = self._fp32_linears(width, "train", measured)
         if precision == "auto":
             precision = "32-true"
             if measure:  # fp32 as it would run against bf16 mixed precision
-                race = dtype_race("cpu", "train", width, linears, fp32_seconds)
+                race = dtype_race("cpu", "train", width, linears)
                 measured["training precision"] = race.summary()
                 precision = "bf16-mixed" if race.fastest == "bfloat16" else "32-true"
         dtype = PRECISION_DTYPES[precision]
@@ -44,23 +44,20 @@ class CPUBackend(Backend):
         if not measure:
             return self._workload("float32" if dtype == "auto" else dtype, "torch", width, False, "generation",
                                   measured), measured
-        linears, fp32_seconds = (self._fp32_linears(width, "generate", measured) if dtype in ("auto", "float32")
-                                 else ("torch", None))
+        linears = self._fp32_linears(width, "generate", measured) if dtype in ("auto", "float32") else "torch"
         if dtype == "auto":
-            race = dtype_race("cpu", "generate", width, linears, fp32_seconds)
+            race = dtype_race("cpu", "generate", width, linears)
             measured["generation dtype"] = race.summary()
             dtype = race.fastest if race.fastest == "bfloat16" else "float32"
         return self._workload(dtype, linears, width, True, "generation", measured), measured
 
     @staticmethod
-    def _fp32_linears(width: int, workload: str, measured: dict[str, str]) -> tuple[str, float | None]:
-        """The fastest fp32 linear kernel (a ``Workload.linears``) and its seconds of the workload
-        (None: not measured)."""
+    def _fp32_linears(width: int, workload: str, measured: dict[str, str]) -> str:
         race = onednn_race(width, workload)
         if race is None:
-            return "torch", None
+            return "torch"
         measured[f"{'training' if workload == 'train' else 'generation'} fp32 linears"] = race.summary()
-        return "torch" if race.fastest == "float32" else race.fastest, race.seconds.get(race.fastest)
+        return "torch" if race.fastest == "float32" else race.fastest
 
     @classmethod
     def _workload(cls, dtype: str, linears: str, width: int, measure: bool, workload: str, measured: dict[str, str],

@@ -14,8 +14,9 @@ workload, and one more than ``SCREEN_FACTOR`` times slower there than the baseli
 workload. The other races have no emulated candidate and time each one's whole workload.
 Within a round the candidates run in turns, one run of each and again, so that what slows a
 process's first runs (threads starting, the clock rising) falls on no candidate alone: timed
-first and alone, torch's fp32 kernel took 26-30 ms against 19 timed later on one Intel Xeon,
-and a kernel slower in a training step won.
+first and alone, torch's fp32 kernel took 25.6-40.0 ms against 18-20 timed later on one Intel
+Xeon, and a kernel slower in a training step won. A workload timed in a process (fp32 is the
+baseline of several races) is not timed again in it.
 """
 
 from __future__ import annotations
@@ -69,19 +70,35 @@ class Race:
 Candidate = Callable[[bool], Callable[[], object]]  # a run of the workload (True: of the first round's)
 
 
-def dtype_race(device: torch.device | str, workload: str, width: int, linears: str = "torch",
-               fp32_seconds: float | None = None) -> Race:
+@dataclass(frozen=True)
+class _WorkloadRun:
+    """The candidate that runs ``_workload`` with these arguments."""
+
+    device: torch.device
+    workload: str
+    width: int
+    dtype: torch.dtype
+    linears: str
+
+    def __call__(self, screen: bool) -> Callable[[], None]:
+        return _workload(self.device, self.workload, self.width, self.dtype, self.linears, screen)
+
+
+# Each whole workload's fewest seconds timed in this process: fp32 is the baseline of several
+# races, and only this process's own times are compared, never one read back from the cache.
+_TIMED: dict[_WorkloadRun, float] = {}
+
+
+def dtype_race(device: torch.device | str, workload: str, width: int, linears: str = "torch") -> Race:
     """fp32 against bf16 for ``workload`` (``train``: matmuls of a batch of tokens and their
     gradients; ``generate``: tokens one by one through the weights) on ``device`` for a model
-    of ``width``; fp32 as it would run (``linears``: its layers' kernel, a ``Workload.linears``;
-    ``fp32_seconds``: its whole workload's time where ``onednn_race`` just measured it). bf16 wins
-    only by 5%."""
+    of ``width``; fp32 as it would run (``linears``: its layers' kernel, a ``Workload.linears``).
+    bf16 wins only by 5%."""
     device = torch.device(device)
-    run = functools.partial(_workload, device, workload, min(width, 768))
     fp32 = "float32" if linears == "torch" else f"float32+{linears}"
-    return _race(device, workload, width, {fp32: functools.partial(run, torch.float32, linears),
-                                           "bfloat16": functools.partial(run, torch.bfloat16, "torch")},
-                 screened=True, measured={fp32: fp32_seconds} if fp32_seconds else None)
+    run = functools.partial(_WorkloadRun, device, workload, min(width, 768))
+    return _race(device, workload, width, {fp32: run(torch.float32, linears), "bfloat16": run(torch.bfloat16, "torch")},
+                 screened=True)
 
 
 def onednn_race(width: int, workload: str) -> Race | None:
@@ -92,10 +109,9 @@ def onednn_race(width: int, workload: str) -> Race | None:
     put oneDNN out (0.97 ms against torch's 0.28) where it multiplies twice as fast."""
     if not onednn_available():
         return None
-    run = functools.partial(_workload, torch.device("cpu"), workload, min(width, 768), torch.float32)
+    run = functools.partial(_WorkloadRun, torch.device("cpu"), workload, min(width, 768), torch.float32)
     kernels = ["onednn", "onednn-forward"] if workload == "train" else ["onednn"]
-    return _race(torch.device("cpu"), workload, width,
-                 {"float32": functools.partial(run, "torch"), **{k: functools.partial(run, k) for k in kernels}})
+    return _race(torch.device("cpu"), workload, width, {"float32": run("torch"), **{k: run(k) for k in kernels}})
 
 
 def gelu_race(dtype: torch.dtype, width: int) -> Race:
@@ -141,19 +157,22 @@ def attention_race(dtype: torch.dtype, width: int) -> tuple[int, list[Race]]:
 
 
 def _race(device: torch.device, workload: str, width: int, candidates: dict[str, Candidate],
-          screened: bool = False, measured: dict[str, float] | None = None) -> Race:
+          screened: bool = False) -> Race:
     """The fastest of ``candidates``, the first being the baseline another must beat by 5%, each
     timed over its whole workload (``screened``: in the two rounds of the module's docstring, for
-    candidates that may be emulated; ``measured``: whole workloads' seconds already measured);
-    remembered per machine in the cache."""
+    candidates that may be emulated); remembered per machine in the cache. A ``_WorkloadRun``'s
+    whole workload is timed once per process, whatever the race."""
     here = machine()
     key = f"{here} | {device.type} | {workload} | width {width} | {' vs '.join(candidates)}"
     path = cache_dir() / CACHE_FILE
     known = _read(path).get(key)
     if isinstance(known, dict) and known.get("fastest") in candidates and isinstance(known.get("seconds"), dict):
         return Race(known["fastest"], known["seconds"], known.get("screen") or {})
-    race = screened_race(candidates, measured=measured) if screened else _fastest(fewest_seconds_in_turns(
-        {name: run(False) for name, run in candidates.items()}))
+    workloads = {name: run for name, run in candidates.items() if isinstance(run, _WorkloadRun)}
+    measured = {name: _TIMED[run] for name, run in workloads.items() if run in _TIMED}
+    race = (screened_race(candidates, measured=measured) if screened
+            else _fastest(_whole_workloads(candidates, list(candidates), measured)))
+    _TIMED.update({run: race.seconds[name] for name, run in workloads.items() if name in race.seconds})
     log.info("measured the %s workload on %s (%s): %s", workload, device.type, here, race.summary())
     try:
         write_json(path, {**_read(path), key: {"fastest": race.fastest, "seconds": race.seconds,
@@ -172,9 +191,16 @@ def screened_race(candidates: dict[str, Candidate], seconds_of: Callable[[Callab
     screen = fewest_seconds_in_turns({name: run(True) for name, run in candidates.items()}, seconds_of)
     baseline = next(iter(candidates))
     finalists = [name for name in candidates if screen[name] <= SCREEN_FACTOR * screen[baseline]]
-    whole = fewest_seconds_in_turns({name: candidates[name](False) for name in finalists if name not in measured},
+    return _fastest(_whole_workloads(candidates, finalists, measured, seconds_of), screen)
+
+
+def _whole_workloads(candidates: dict[str, Candidate], names: list[str], measured: dict[str, float],
+                     seconds_of: Callable[[Callable], float] | None = None) -> dict[str, float]:
+    """The seconds of the whole workload of each of ``names``, in their order: from ``measured``,
+    or timed in turns."""
+    timed = fewest_seconds_in_turns({name: candidates[name](False) for name in names if name not in measured},
                                     seconds_of)
-    return _fastest({name: measured.get(name, whole.get(name)) for name in finalists}, screen)
+    return {name: measured[name] if name in measured else timed[name] for name in names}
 
 
 def fewest_seconds_in_turns(runs: dict[str, Callable[[], object]],

@@ -68,6 +68,19 @@ def test_the_head_in_vocabulary_blocks_with_its_loss_equals_the_head_and_torch_c
     torch.testing.assert_close(ours_grad_weight, grad_weight, **tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_weight_gradient_in_another_dtype_equals_the_product_cast_afterwards(dtype):
+    from gpt2_lightning.backends.cpu.onednn import HEAD_BLOCK_ROWS, weight_gradient
+
+    gen = torch.Generator().manual_seed(0)
+    grad = torch.randn(9, 2 * HEAD_BLOCK_ROWS + 5, generator=gen).to(dtype)  # two whole blocks and a part
+    x = torch.randn(9, 32, generator=gen).to(dtype)
+    result = weight_gradient(grad, x, dtype=torch.float32)
+    assert result.dtype == torch.float32 and result.shape == (2 * HEAD_BLOCK_ROWS + 5, 32)
+    rounding = 2 ** -7 if dtype == torch.bfloat16 else 1e-6  # each block's product rounded to dtype once, as before
+    torch.testing.assert_close(result, (grad.t() @ x).float(), rtol=rounding, atol=0)
+
+
 def test_chunked_cross_entropy_without_gradient_keeps_no_buffer():
     logits = torch.randn(6, 50, requires_grad=True)
     targets = torch.randint(0, 50, (6,))

@@ -80,7 +80,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         hidden, weight, grad = ctx.saved_tensors
         grad = _scaled(grad, grad_output, per_row=ctx.count is None)
         grad_hidden = ctx.mm(grad, weight).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        grad_weight = weight_gradient(grad, hidden, ctx.mm).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        grad_weight = weight_gradient(grad, hidden, ctx.mm, ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
         return grad_hidden, grad_weight, None, None, None
 
 

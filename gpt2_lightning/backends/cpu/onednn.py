@@ -46,13 +46,17 @@ def onednn_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None)
     return product if out is None else out.copy_(product)
 
 
-def weight_gradient(grad: torch.Tensor, x: torch.Tensor, mm=torch.mm) -> torch.Tensor:
-    """``grad.T @ x`` (``[out, in]`` for ``grad [N, out]``, ``x [N, in]``) by ``mm``,
-    ``HEAD_BLOCK_ROWS`` output rows at a time."""
-    result = grad.new_empty(grad.shape[1], x.shape[1])
+def weight_gradient(grad: torch.Tensor, x: torch.Tensor, mm=torch.mm, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``(grad.T @ x).to(dtype)`` (``[out, in]`` for ``grad [N, out]``, ``x [N, in]``) by ``mm``,
+    ``HEAD_BLOCK_ROWS`` output rows at a time; in another ``dtype`` than ``grad``'s each block is
+    cast as it is written, so that no whole gradient in ``grad``'s dtype is made and thrown away."""
+    result = grad.new_empty(grad.shape[1], x.shape[1], dtype=dtype)
     for start in range(0, len(result), HEAD_BLOCK_ROWS):
         rows = slice(start, start + HEAD_BLOCK_ROWS)
-        mm(grad[:, rows].t(), x, out=result[rows])
+        if result.dtype == grad.dtype:
+            mm(grad[:, rows].t(), x, out=result[rows])
+        else:
+            result[rows] = mm(grad[:, rows].t(), x)
     return result
 
 

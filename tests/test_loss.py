@@ -118,3 +118,28 @@ def test_masked_lm_loss_of_a_batch_without_scored_targets_is_zero():
     idx = torch.randint(0, TINY.vocab_size, (2, 5))
     loss, count = masked_lm_loss(model, idx, torch.full((2, 5), IGNORE_INDEX))
     assert count.item() == 0 and loss.item() == 0.0
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_the_cpu_backends_embedding_gradient_reaches_the_optimizer_dense_and_equal_to_the_reference(tied):
+    import copy
+    import dataclasses
+
+    from gpt2_lightning.backends import prepare_for_training, training_plan
+
+    torch.manual_seed(0)
+    model = GPTModel(dataclasses.replace(TINY, tie_weights=tied))
+    reference = copy.deepcopy(model)
+    kernels = prepare_for_training(model, training_plan("cpu", "32-true", TINY.emb_dim, measure=False))
+    assert model.tok_emb.sparse is tied  # a sparse gradient alone (untied) would reach the optimizer
+    idx = torch.randint(0, TINY.vocab_size, (3, 10))
+    targets = torch.randint(0, TINY.vocab_size, (3, 10))
+    for net, head_loss_fn in ((model, kernels.head_loss), (reference, None)):
+        for _ in range(2):  # two batches accumulated, as with trainer.accumulate_grad_batches=2
+            masked_lm_loss(net, idx, targets, head_loss=head_loss_fn)[0].backward()
+    grad, expected = model.tok_emb.weight.grad, reference.tok_emb.weight.grad
+    assert grad.layout == torch.strided
+    torch.testing.assert_close(grad, expected, atol=1e-6, rtol=1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    optimizer.step()  # fused AdamW takes dense gradients only
+    assert not torch.equal(model.tok_emb.weight, reference.tok_emb.weight)

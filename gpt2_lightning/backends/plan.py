@@ -39,7 +39,8 @@ class Workload:
     for sequences of up to ``matmul_tokens`` tokens, SDPA beyond)."""
     loss: str = "reference"
     """Training only: ``reference`` (``F.cross_entropy`` over the head's logits) or ``chunked``
-    (the CPU's chunked cross-entropy with the head's gradient in vocabulary blocks)."""
+    (the CPU's chunked cross-entropy with the head's gradient in vocabulary blocks, a tied
+    embedding's gradient added into it row by row)."""
     gelu: str = "tanh"
     """The MLP's activation: ``tanh`` (GPT-2's form) or ``erf`` (the exact GELU, in bf16 / fp16
     only, where it is within the format's rounding of the tanh form: chosen where faster)."""

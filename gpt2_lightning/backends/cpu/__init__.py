@@ -5,7 +5,8 @@
 - ``calibrate``: which number format, fp32 kernel, attention path and bf16 GELU form are
   fastest here, measured once, cached.
 - ``attention``: two matmuls instead of SDPA for sequences as short as that measures faster.
-- ``loss``: the chunked fp32 cross-entropy and the LM head's gradient in vocabulary blocks.
+- ``loss``: the chunked fp32 cross-entropy, the LM head's gradient in vocabulary blocks and a tied
+  embedding's gradient added into it row by row.
 - ``allocator``: glibc told to keep freed memory.
 """
 
@@ -19,7 +20,7 @@ from torch import nn
 from gpt2_lightning.backends.base import Backend, Kernels
 from gpt2_lightning.backends.cpu.attention import short_sequence_attention
 from gpt2_lightning.backends.cpu.calibrate import attention_race, dtype_race, gelu_race, onednn_race
-from gpt2_lightning.backends.cpu.loss import head_loss, token_losses
+from gpt2_lightning.backends.cpu.loss import embedding_rows_into_head_gradient, head_loss, token_losses
 from gpt2_lightning.backends.cpu.onednn import LINEAR_GRADIENTS, use_onednn_linears
 from gpt2_lightning.backends.plan import DTYPES, PRECISION_DTYPES, Workload
 
@@ -90,6 +91,8 @@ class CPUBackend(Backend):
     def prepare(self, model: nn.Module, workload: Workload) -> None:
         if workload.linears in LINEAR_GRADIENTS:
             use_onednn_linears(model, LINEAR_GRADIENTS[workload.linears])
+        if workload.loss == "chunked":
+            embedding_rows_into_head_gradient(model)
 
     def kernels(self, workload: Workload) -> Kernels:
         attention = (functools.partial(short_sequence_attention, dtype=workload.torch_dtype,

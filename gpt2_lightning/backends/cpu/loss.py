@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -88,14 +89,24 @@ class _HeadCrossEntropy(torch.autograd.Function):
 
 def embedding_rows_into_head_gradient(model: nn.Module) -> None:
     """Where ``model``'s token embedding (``tok_emb``) is tied to its LM head (``out_head``), make
-    the embedding's gradient sparse: the rows the batch looked up, which autograd adds into the
+    its lookup's gradient sparse: the rows the batch looked up, which autograd adds into the
     head's dense gradient before the weight's gradient is accumulated, in place of a zeroed
     gradient as large as the vocabulary's (154 MB in gpt2-small) added to it whole each step.
     The weight's gradient stays dense; an untied embedding keeps its dense gradient (a sparse one
     would reach the optimizer alone)."""
     embedding, head = getattr(model, "tok_emb", None), getattr(model, "out_head", None)
-    if isinstance(embedding, nn.Embedding) and getattr(head, "weight", None) is embedding.weight:
-        embedding.sparse = True
+    if type(embedding) is nn.Embedding and getattr(head, "weight", None) is embedding.weight:
+        embedding.__class__ = _RowGradientEmbedding  # in place, as torch.nn.utils.parametrize does
+
+
+class _RowGradientEmbedding(nn.Embedding):
+    """An ``nn.Embedding`` whose lookup has a sparse gradient while its ``sparse`` flag stays
+    False: the gradient its weight receives is dense (the head's), and DDP reads the flag to
+    expect a sparse one."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, sparse=True)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor | int | None = None,

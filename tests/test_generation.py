@@ -70,6 +70,7 @@ def test_top_k_and_top_p_only_sample_allowed_tokens():
     # p(0) = 0.66, p(1) = 0.24: top_p=0.8 keeps tokens 0 and 1 only.
     assert set(sample_next(logits, sampled.with_(top_p=0.8), gen).flatten().tolist()) == {0, 1}
     assert set(sample_next(logits, sampled.with_(top_p=0.5), gen).flatten().tolist()) == {0}
+    assert set(sample_next(logits, sampled.with_(top_p=5e-324), gen).flatten().tolist()) == {0}  # 0 in float32
     assert sample_next(logits[:1], SamplingParams()).tolist() == [[0]]
 
 

@@ -126,6 +126,7 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # Drop a token when the mass before it already reaches top_p (the top one always stays).
         drop = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop[:, 0] = False  # a top_p below float32's smallest number reads as 0 there
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)

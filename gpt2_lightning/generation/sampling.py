@@ -123,10 +123,11 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and 0.0 < top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token when the mass before it already reaches top_p (the top one always stays).
-        drop = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
-        drop[:, 0] = False  # a top_p below float32's smallest number reads as 0 there
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the mass before it already reaches top_p; the top one always stays
+        # (a top_p below float32's smallest number reads as 0 here).
+        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
+        drop[:, 0] = False
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)

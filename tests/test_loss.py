@@ -120,8 +120,8 @@ def test_masked_lm_loss_of_a_batch_without_scored_targets_is_zero():
     assert count.item() == 0 and loss.item() == 0.0
 
 
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_the_cpu_backends_embedding_gradient_reaches_the_optimizer_dense_and_equal_to_the_reference(tied):
+def cpu_trained_and_reference(tied: bool = True):
+    """A tiny GPT prepared as the CPU backend trains fp32, its head loss, and an unprepared copy."""
     import copy
     import dataclasses
 
@@ -131,16 +131,40 @@ def test_the_cpu_backends_embedding_gradient_reaches_the_optimizer_dense_and_equ
     model = GPTModel(dataclasses.replace(TINY, tie_weights=tied))
     reference = copy.deepcopy(model)
     kernels = prepare_for_training(model, training_plan("cpu", "32-true", TINY.emb_dim, measure=False))
-    assert (type(model.tok_emb) is torch.nn.Embedding) is not tied  # a tied one looks up rows sparsely
+    return model, kernels.head_loss, reference
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("head", ["blocked", "plain"], ids=["blocked-head", "plain-head"])
+def test_the_cpu_backends_embedding_gradient_reaches_the_optimizer_dense_and_equal_to_the_reference(tied, head):
+    model, head_loss_fn, reference = cpu_trained_and_reference(tied)
+    assert (type(model.tok_emb) is torch.nn.Embedding) is not tied  # a tied one adds its rows into the head's
     assert not model.tok_emb.sparse  # DDP expects a sparse gradient of a sparse embedding
     idx = torch.randint(0, TINY.vocab_size, (3, 10))
     targets = torch.randint(0, TINY.vocab_size, (3, 10))
-    for net, head_loss_fn in ((model, kernels.head_loss), (reference, None)):
+    # The plain head (F.linear and F.cross_entropy) leaves no gradient for a tied lookup's rows.
+    for net, net_head_loss in ((model, head_loss_fn if head == "blocked" else None), (reference, None)):
         for _ in range(2):  # two batches accumulated, as with trainer.accumulate_grad_batches=2
-            masked_lm_loss(net, idx, targets, head_loss=head_loss_fn)[0].backward()
+            masked_lm_loss(net, idx, targets, head_loss=net_head_loss)[0].backward()
     grad, expected = model.tok_emb.weight.grad, reference.tok_emb.weight.grad
     assert grad.layout == torch.strided
     torch.testing.assert_close(grad, expected, atol=1e-6, rtol=1e-5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     optimizer.step()  # fused AdamW takes dense gradients only
     assert not torch.equal(model.tok_emb.weight, reference.tok_emb.weight)
+
+
+def test_a_tied_embeddings_rows_go_into_the_heads_gradient_without_copying_it():
+    from torch.profiler import profile
+
+    model, blocked_head_loss, _ = cpu_trained_and_reference()
+    idx = torch.randint(0, TINY.vocab_size, (3, 10))
+    loss, _ = masked_lm_loss(model, idx, torch.randint(0, TINY.vocab_size, (3, 10)), head_loss=blocked_head_loss)
+    with profile(record_shapes=True) as prof:
+        loss.backward()
+    whole = [TINY.vocab_size, TINY.emb_dim]
+    copies = [event.key for event in prof.events()
+              if event.key in ("aten::copy_", "aten::add", "aten::clone") and whole in event.input_shapes]
+    assert copies == []
+    rows = [event for event in prof.events() if event.key == "aten::index_add_"]
+    assert len(rows) == 1 and rows[0].input_shapes[0] == whole

@@ -10,8 +10,8 @@
   never exist, and ``loss.backward()`` itself is no pass over the logits (1.9x / 3.5x faster than
   ``F.cross_entropy`` over fp32 / bf16 logits; chunks of 5 to 320 rows of 50257 logits measured
   alike on Zen 3, 2^18-2^20 logits fastest on Zen 4).
-- A token embedding tied to the head adds only the rows the batch looked up to the head's
-  gradient (``embedding_rows_into_head_gradient``).
+- A token embedding tied to the head adds the rows the batch looked up into the head's
+  gradient, in place (``embedding_rows_into_head_gradient``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def _head_cross_entropy(head: nn.Linear, hidden: torch.Tensor, targets: torch.Te
     if (hidden.device.type == "cpu" and head.bias is None and head.weight.shape[0] > HEAD_BLOCK_ROWS
             and not torch.compiler.is_compiling()):
         gradients = head.gradients if isinstance(head, OneDNNLinear) else None
-        return _HeadCrossEntropy.apply(hidden, head.weight, targets, count, gradients)
+        head_rows = getattr(head, "head_rows", None)
+        slot = head_rows.claim() if head_rows is not None and torch.is_grad_enabled() else None
+        return _HeadCrossEntropy.apply(hidden, head.weight, targets, count, gradients, slot)
     return cross_entropy(head(hidden), targets, count, per_row=count is None)
 
 
@@ -56,11 +58,12 @@ class _HeadCrossEntropy(torch.autograd.Function):
     """``cross_entropy(hidden @ weight.T, targets, count)``, the product in the autocast dtype
     where autocast is on (as ``F.linear`` would run it); in fp32 with ``gradients`` (the
     ``GRADIENT_MM`` name of a ``OneDNNLinear`` head), the forward product through oneDNN and the
-    gradients through that kernel. ``count=None``: each row's cross-entropy."""
+    gradients through that kernel. ``count=None``: each row's cross-entropy. ``slot``: a tied
+    lookup's, where the weight's gradient is left for it."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                count: torch.Tensor | int | None, gradients: str | None) -> torch.Tensor:
+                count: torch.Tensor | int | None, gradients: str | None, slot: list | None) -> torch.Tensor:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
         hidden_, weight_ = hidden.to(dtype), weight.to(dtype)
         onednn = gradients is not None and dtype == torch.float32
@@ -74,7 +77,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
                                         grad=logits if needs_grad else None)
         ctx.save_for_backward(hidden_, weight_, logits if needs_grad else None)
         ctx.mm = GRADIENT_MM[gradients] if onednn else torch.mm
-        ctx.count, ctx.dtypes = count, (hidden.dtype, weight.dtype)
+        ctx.count, ctx.dtypes, ctx.slot = count, (hidden.dtype, weight.dtype), slot
         return losses
 
     @staticmethod
@@ -84,29 +87,81 @@ class _HeadCrossEntropy(torch.autograd.Function):
         grad = _scaled(grad, grad_output, per_row=ctx.count is None)
         grad_hidden = ctx.mm(grad, weight).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
         grad_weight = weight_gradient(grad, hidden, ctx.mm, ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None, None, None
+        leave_head_gradient(ctx.slot, grad_weight)
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def embedding_rows_into_head_gradient(model: nn.Module) -> None:
-    """Where ``model``'s token embedding (``tok_emb``) is tied to its LM head (``out_head``), make
-    its lookup's gradient sparse: the rows the batch looked up, which autograd adds into the
-    head's dense gradient before the weight's gradient is accumulated, in place of a zeroed
-    gradient as large as the vocabulary's (154 MB in gpt2-small) added to it whole each step.
-    The weight's gradient stays dense; an untied embedding keeps its dense gradient (a sparse one
-    would reach the optimizer alone)."""
+    """Where ``model``'s token embedding (``tok_emb``) is tied to its LM head (``out_head``), add
+    the rows the batch looked up into the head's weight gradient, in place, before autograd
+    accumulates it: no zeroed gradient as large as the vocabulary's (154 MB in gpt2-small), and no
+    copy of the head's (autograd sums a dense and a sparse gradient out of place). The weight's
+    gradient stays dense; an untied embedding keeps its own dense gradient."""
     embedding, head = getattr(model, "tok_emb", None), getattr(model, "out_head", None)
-    if type(embedding) is nn.Embedding and getattr(head, "weight", None) is embedding.weight:
-        embedding.__class__ = _RowGradientEmbedding  # in place, as torch.nn.utils.parametrize does
+    if (type(embedding) is nn.Embedding and getattr(head, "weight", None) is embedding.weight
+            and embedding.padding_idx is None and embedding.max_norm is None and not embedding.scale_grad_by_freq):
+        embedding.__class__ = _TiedEmbedding  # in place, as torch.nn.utils.parametrize does
+        embedding.head_rows = head.head_rows = _HeadRows()
 
 
-class _RowGradientEmbedding(nn.Embedding):
-    """An ``nn.Embedding`` whose lookup has a sparse gradient while its ``sparse`` flag stays
-    False: the gradient its weight receives is dense (the head's), and DDP reads the flag to
-    expect a sparse one."""
+class _HeadRows:
+    """What a tied embedding and its head share: the slot of the embedding's latest lookup, where
+    the head's backward leaves its weight gradient for the lookup's backward to add rows into."""
+
+    def __init__(self):
+        self.slot: list[tuple[int, torch.Tensor]] | None = None
+
+    def claim(self) -> list[tuple[int, torch.Tensor]] | None:
+        """The latest lookup's slot, for one head product (None: none, or already claimed)."""
+        slot, self.slot = self.slot, None
+        return slot
+
+
+def leave_head_gradient(slot: list[tuple[int, torch.Tensor]] | None, grad_weight: torch.Tensor | None) -> None:
+    """Leave the head's weight gradient in its tied lookup's ``slot`` (if any), tagged with this
+    backward pass: only a lookup's backward in the same pass may add rows into it, while autograd
+    still holds it unaccumulated."""
+    if slot is not None and grad_weight is not None:
+        slot.append((torch._C._current_graph_task_id(), grad_weight))
+
+
+class _TiedEmbedding(nn.Embedding):
+    """An ``nn.Embedding`` tied to the LM head, whose lookup's gradient goes into the head's
+    weight gradient (``embedding_rows_into_head_gradient``)."""
+
+    head_rows: _HeadRows
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return F.embedding(idx, self.weight, self.padding_idx, self.max_norm, self.norm_type,
-                           self.scale_grad_by_freq, sparse=True)
+        if not (torch.is_grad_enabled() and self.weight.requires_grad) or torch.compiler.is_compiling():
+            return super().forward(idx)
+        self.head_rows.slot = slot = []
+        return _TiedLookup.apply(idx, self.weight, slot)
+
+
+class _TiedLookup(torch.autograd.Function):
+    """``F.embedding(idx, weight)``; its weight's gradient, the looked-up rows, is added into a
+    head gradient left in ``slot`` in the same backward pass, else returned sparse."""
+
+    @staticmethod
+    def forward(ctx, idx: torch.Tensor, weight: torch.Tensor, slot: list) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.slot, ctx.num_weights = slot, len(weight)
+        return F.embedding(idx, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        task = torch._C._current_graph_task_id()
+        head_grad = next((g for t, g in ctx.slot if t == task), None)
+        ctx.slot.clear()
+        rows, grad = idx.reshape(-1), grad.reshape(-1, grad.shape[-1])
+        if head_grad is not None:
+            head_grad.index_add_(0, rows, grad.to(head_grad.dtype))
+            return None, None, None
+        sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), grad, (ctx.num_weights, grad.shape[1]),
+                                         check_invariants=False)  # the rows it looked up
+        return None, sparse, None
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor | int | None = None,

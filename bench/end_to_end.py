@@ -145,7 +145,8 @@ PHASES = {"run_training_batch": "training steps (forward, backward, optimizer)",
           "[_EvaluationLoop].val_next": "validation batches (loading)",
           "[Strategy]SingleDeviceStrategy.validation_step": "validation steps",
           "[_TrainingEpochLoop].train_dataloader_next": "training batches (loading)",
-          "save_checkpoint": "checkpoint writes"}
+          "save_checkpoint": "checkpoint writes",
+          "[Callback]ResponseSample.on_validation_end": "sample answers after validations"}
 
 
 def print_phases(output: str, elapsed: float) -> None:

@@ -155,13 +155,11 @@ class _TiedLookup(torch.autograd.Function):
         task = torch._C._current_graph_task_id()
         head_grad = next((g for t, g in ctx.slot if t == task), None)
         ctx.slot.clear()
-        rows, grad = idx.reshape(-1), grad.reshape(-1, grad.shape[-1])
         if head_grad is not None:
-            head_grad.index_add_(0, rows, grad.to(head_grad.dtype))
+            head_grad.index_add_(0, idx.reshape(-1), grad.reshape(-1, grad.shape[-1]).to(head_grad.dtype))
             return None, None, None
-        sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), grad, (ctx.num_weights, grad.shape[1]),
-                                         check_invariants=False)  # the rows it looked up
-        return None, sparse, None
+        # What F.embedding(..., sparse=True) returns: the rows it looked up.
+        return None, torch.ops.aten.embedding_backward(grad, idx, ctx.num_weights, -1, False, True), None
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor | int | None = None,

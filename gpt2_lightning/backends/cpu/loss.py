@@ -188,16 +188,23 @@ def _chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: t
         rows = slice(start, start + chunk_rows)
         chunk = logits[rows].float()  # a copy, unless the logits are fp32 already
         target = targets[rows].unsqueeze(1)
-        log_norm = torch.logsumexp(chunk, dim=1, keepdim=True)
-        losses[rows] = (log_norm - chunk.gather(1, target)).squeeze(1)
-        if grad is not None:  # d loss / d logits = (softmax - one_hot(target)) / count
-            fp32 = grad.dtype == torch.float32  # then written in place, else through the copy
-            probs = torch.sub(chunk, log_norm, out=grad[rows] if fp32 else chunk).exp_()
-            probs.scatter_add_(1, target, minus_one[:len(target)])
-            if count is not None:  # per row: each row's own gradient, undivided
-                probs.div_(count)
-            if not fp32:
-                grad[rows] = probs
+        picked = chunk.gather(1, target)
+        if grad is None:
+            losses[rows] = (torch.logsumexp(chunk, dim=1, keepdim=True) - picked).squeeze(1)
+            continue
+        # One exponential pass serves the loss and its gradient, (softmax - one_hot(target)) / count:
+        # logsumexp and then exp(chunk - log_norm) took two (32 against 21 ms for 451 x 50257 bf16 logits).
+        fp32 = grad.dtype == torch.float32  # then written in place, else through the copy
+        largest = chunk.amax(dim=1, keepdim=True)
+        shifted = torch.sub(chunk, largest, out=grad[rows] if fp32 else chunk).exp_()
+        norm = shifted.sum(dim=1, keepdim=True)
+        losses[rows] = (norm.log() + largest - picked).squeeze(1)
+        minus = minus_one[:len(target)]
+        if count is not None:  # per row: each row's own gradient, undivided
+            norm, minus = norm * count, minus / count
+        probs = shifted.div_(norm).scatter_add_(1, target, minus)
+        if not fp32:
+            grad[rows] = probs
     return losses if count is None else losses.sum() / count
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+
+from torch import nn
 
 from gpt2_lightning.backends import ExecutionPlan, generation_plan, prepare_for_generation
 from gpt2_lightning.model.gpt import GPTModel
@@ -18,3 +21,12 @@ def placed_for_generation(model: GPTModel, plan: ExecutionPlan | None = None, de
         plan = generation_plan(device, dtype, model.cfg.emb_dim)
         log.info("execution plan: %s", plan.describe())
     return prepare_for_generation(model, plan)
+
+
+def generation_copy(model: GPTModel, plan: ExecutionPlan) -> GPTModel:
+    """A copy of ``model`` placed as ``plan`` generates, ``model`` left as it is (training goes on
+    with it). Each weight is cast as it is copied: no copy in its own dtype is made first, and tied
+    weights stay tied."""
+    weights = {id(param): nn.Parameter(param.detach().to(plan.device, plan.generate.torch_dtype), requires_grad=False)
+               for param in model.parameters()}
+    return prepare_for_generation(copy.deepcopy(model, memo=weights), plan)

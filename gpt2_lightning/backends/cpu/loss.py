@@ -183,7 +183,10 @@ def _chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: t
     rows at a time; d loss / d logits into ``grad`` (where given: a buffer of the logits' shape
     and dtype, or the logits themselves)."""
     losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-    minus_one = torch.full((chunk_rows, 1), -1.0, device=logits.device)
+    # -1 / count at each target (per row: -1, each row's own gradient undivided)
+    at_target = torch.full((chunk_rows, 1), -1.0, device=logits.device)
+    if count is not None:
+        at_target = at_target / count
     for start in range(0, logits.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
         chunk = logits[rows].float()  # a copy, unless the logits are fp32 already
@@ -199,10 +202,9 @@ def _chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, count: t
         shifted = torch.sub(chunk, largest, out=grad[rows] if fp32 else chunk).exp_()
         norm = shifted.sum(dim=1, keepdim=True)
         losses[rows] = (norm.log() + largest - picked).squeeze(1)
-        minus = minus_one[:len(target)]
-        if count is not None:  # per row: each row's own gradient, undivided
-            norm, minus = norm * count, minus / count
-        probs = shifted.div_(norm).scatter_add_(1, target, minus)
+        if count is not None:
+            norm = norm * count
+        probs = shifted.div_(norm).scatter_add_(1, target, at_target[:len(target)])
         if not fp32:
             grad[rows] = probs
     return losses if count is None else losses.sum() / count

@@ -289,3 +289,23 @@ def test_a_run_stopped_by_max_steps_is_validated_at_its_last_step_and_its_best_c
     lowest = min(validated, key=lambda point: point[1])
     assert f"val{lowest[1]:.4f}" in best.name
     assert "step00007" in best.name  # this data's val loss falls at this lr: the last step is the best
+
+
+class ValidationSteps(Callback):
+    """The global step of every validation a run makes (its sanity check aside)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.steps.append(trainer.global_step)
+
+
+def test_a_fractional_validation_interval_validates_each_epoch_at_its_end_and_no_more(tmp_path):
+    # 51 training records, batch 8: 7 batches an epoch, validated every 3.5 of them: after batches 4
+    # and 7 (Lightning alone: every int(3.5) = 3, at 3 and 6, and the job then validated the last step).
+    validations = ValidationSteps()
+    run(compose_train(tmp_path, *TINY_RUN, "trainer.max_epochs=2", "trainer.val_check_interval=0.5",
+                      "~callbacks.response_sample"), extra_callbacks=[validations])
+    assert validations.steps == [4, 7, 11, 14]

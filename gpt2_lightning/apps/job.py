@@ -47,6 +47,7 @@ from gpt2_lightning.train.checkpoints import (
     model_from_state_dict,
     read_checkpoint,
 )
+from gpt2_lightning.train.lightning_internals import validate_at_even_fractions
 from gpt2_lightning.train.module import InstructionTuner
 from gpt2_lightning.train.preference_tuner import PreferenceTuner
 from gpt2_lightning.train.strategies import shards_parameters
@@ -201,6 +202,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | 
                                                  logger=instantiate_list(cfg.get("logger")) or False)
     if train:
         check_validation_interval(trainer, datamodule)
+        validate_at_even_fractions(trainer)
     if adapter and shards_parameters(trainer.strategy):
         raise ConfigError("adapter=lora trains on one process or with DDP; FSDP would shard the frozen base for nothing")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -9,8 +9,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gpt2_lightning.train.lightning_internals import (CHECKPOINT_METHODS, stop_after_this_batch,
-                                                      validate_at_even_fractions)
+from gpt2_lightning.train.lightning_internals import CHECKPOINT_METHODS, stop_after_this_batch, validate_at_even_fractions
 
 
 @pytest.mark.parametrize("name", CHECKPOINT_METHODS)

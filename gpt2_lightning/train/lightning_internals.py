@@ -34,7 +34,7 @@ def validate_at_even_fractions(trainer: L.Trainer) -> None:
     epoch's last batch. Lightning validates every ``int(batches * fraction)`` batches instead: an
     epoch of 117 batches at 0.25 after batches 29, 58, 87 and 116, never at its end, and a run's
     final weights then need a validation of their own. Anything else (an int interval, a time
-    interval, an early stop, an epoch of unknown length) Lightning decides as before."""
+    interval, a stop asked for, an epoch of unknown length) Lightning decides as before."""
     loop = trainer.fit_loop.epoch_loop
     lightning_decides = loop._should_check_val_fx
 
@@ -42,7 +42,7 @@ def validate_at_even_fractions(trainer: L.Trainer) -> None:
         batches, interval = trainer.num_training_batches, trainer.val_check_interval
         if (isinstance(interval, float) and trainer.val_check_batch not in (None, float("inf"))
                 and trainer.check_val_every_n_epoch is not None and 0 < batches < float("inf")
-                and not (trainer.should_stop and trainer.fit_loop._can_stop_early) and loop._should_check_val_epoch()):
+                and not trainer.should_stop and loop._should_check_val_epoch()):
             between = Fraction(str(interval)) * batches  # batches from one validation to the next
             done = loop.batch_idx + 1
             return done // between > (done - 1) // between

@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 out="${OUT:-bench-gpu}"
 data="${1:-../shared/data/instruction-data.json}"
 device="${DEVICE:-cuda}"
+accelerator=$([ "$device" = cuda ] && echo gpu || echo "$device")  # Lightning's name for it
 python="${PYTHON:-python3}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -41,13 +42,13 @@ measure() {  # NAME COMMAND...: run, keep its output and seconds in $OUT/NAME.tx
 if [ "$device" = cuda ]; then
   measure gpu nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 fi
-measure train-step-8x256 "$python" bench/train_step.py --device "$device" --batches random --data "$data" \
+measure train-step-8x256 "$python" bench/train_step.py --device "$device" --batches random \
   --impl ours ours-compiled hf nanogpt nanogpt-compiled "${small[@]}"
-measure train-step-32x1024 "$python" bench/train_step.py --device "$device" --batches random --data "$data" \
+measure train-step-32x1024 "$python" bench/train_step.py --device "$device" --batches random \
   --precision bf16 --impl ours ours-compiled nanogpt-compiled --repeats 3 "${large[@]}"
 run_dir="$(mktemp -d)"  # checkpoints of gpt2-medium: far too large to come back with the results
 measure reference "$python" train.py experiment=reference model.pretrained=false "data.path=$data" data.url=null \
-  "trainer.accelerator=$([ "$device" = cuda ] && echo gpu || echo "$device")" test=false respond=false plot=false \
+  "trainer.accelerator=$accelerator" test=false respond=false plot=false \
   export=false callbacks.progress_bar.refresh_rate=0 +trainer.profiler=simple "hydra.run.dir=$run_dir" "${reference[@]}"
 cp "$run_dir/train.log" "$out/reference-train.log" 2>/dev/null
 rm -rf "$run_dir"

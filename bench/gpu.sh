@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the README's performance section in one run, for a machine lent for
 # minutes: the training step against nanoGPT (eager and compiled) and Hugging Face at 8 x 256 in
-# fp32 and bf16, ours with its loss compiled too; MFU at 32 x 1024 in bf16; and the reference
+# fp32 and bf16, ours with its loss compiled too, and compiled into CUDA graphs; MFU at 32 x 1024 in bf16; and the reference
 # fine-tune (experiment=reference: gpt2-medium, 2 epochs, fp32) timed as a whole process. Each
 # result is written to $OUT (default bench-gpu/) as soon as it is made, so a run cut short keeps
 # what it measured.
@@ -43,9 +43,9 @@ if [ "$device" = cuda ]; then
   measure gpu nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 fi
 measure train-step-8x256 "$python" bench/train_step.py --device "$device" --batches random \
-  --impl ours ours-compiled hf nanogpt nanogpt-compiled "${small[@]}"
+  --impl ours ours-compiled ours-graphs hf nanogpt nanogpt-compiled "${small[@]}"
 measure train-step-32x1024 "$python" bench/train_step.py --device "$device" --batches random \
-  --precision bf16 --impl ours ours-compiled nanogpt-compiled --repeats 3 "${large[@]}"
+  --precision bf16 --impl ours ours-compiled ours-graphs nanogpt-compiled --repeats 3 "${large[@]}"
 run_dir="$(mktemp -d)"  # checkpoints of gpt2-medium: far too large to come back with the results
 measure reference "$python" train.py experiment=reference model.pretrained=false "data.path=$data" data.url=null \
   "trainer.accelerator=$accelerator" test=false respond=false plot=false \

@@ -8,6 +8,9 @@ allocator setting, in one process:
   nanogpt   GPT-2 the way nanoGPT builds it (bench/nanogpt.py)
   NAME-compiled   the same through torch.compile (ours: the loss, with dynamic shapes, as
                   ``model.compile=true`` does; the peers: the model, as nanoGPT's train.py does)
+  NAME-graphs     the same through torch.compile(mode="reduce-overhead"): on a GPU, CUDA graphs
+                  replay each step's kernels without the host launching them one by one (a
+                  CPU compiles it as NAME-compiled)
 Batches:
   random    --batch x --seq random tokens, every position scored (MFU against the device's
             measured peak matmul throughput in that dtype: on a CPU in fp32, the faster of
@@ -46,6 +49,8 @@ from gpt2_lightning.model.gpt import GPTConfig  # noqa: E402
 from gpt2_lightning.train.loss import masked_lm_loss  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# An implementation's name suffix -> its torch.compile mode ("": eager)
+COMPILE_MODES = {"": None, "compiled": "default", "graphs": "reduce-overhead"}
 
 
 def peak_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
@@ -74,22 +79,25 @@ def training_flops_per_token(cfg: GPTConfig, seq: int) -> float:
 
 def loss_function(name: str, cfg: GPTConfig, device: torch.device, precision: str):
     """``(model, loss(x, y))`` for implementation ``name``; y: the target of each position."""
-    base, compiled = name.removesuffix("-compiled"), name.endswith("-compiled")
+    base, _, how = name.partition("-")
+    if how not in COMPILE_MODES:
+        raise SystemExit(f"unknown implementation {name!r}")
+    compiled = functools.partial(torch.compile, mode=COMPILE_MODES[how])
     ours, hf = model_pair(cfg)
     if base == "ours":
         model = ours.to(device).train()
         plan = training_plan(device, "32-true" if precision == "fp32" else "bf16-mixed", cfg.emb_dim)
         kernels = prepare_for_training(model, plan)
         loss = functools.partial(masked_lm_loss, head_loss=kernels.head_loss)
-        loss = torch.compile(loss, dynamic=True) if compiled else loss
+        loss = compiled(loss, dynamic=True) if how else loss
         return model, lambda x, y: loss(model, x, y)[0]
     if base == "hf":
         model = hf.to(device).train()
-        run = torch.compile(model) if compiled else model
+        run = compiled(model) if how else model
         return model, lambda x, y: model.loss_function(run(x).logits, y, cfg.vocab_size, shift_labels=y)
     if base == "nanogpt":
         model = nanogpt_from(ours).to(device).train()
-        run = torch.compile(model) if compiled else model
+        run = compiled(model) if how else model
         return model, run
     raise SystemExit(f"unknown implementation {name!r}")
 
@@ -103,6 +111,8 @@ def training_step(name: str, cfg: GPTConfig, device: torch.device, precision: st
                 else contextlib.nullcontext())
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        if name.endswith("-graphs"):  # the last step's graph outputs are done with
+            torch.compiler.cudagraph_mark_step_begin()
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             loss = loss_fn(x, y)
@@ -197,10 +207,11 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             peers = {name: rate for name, rate in rates.items() if not name.startswith("ours")}
-            if "ours" in rates and peers:
+            if peers:
                 best = max(peers, key=peers.get)
-                print(f"{kind} {precision}: peak matmul {peak / 1e12:.3g} TFLOP/s; ours / best peer ({best}): "
-                      f"{rates['ours'] / peers[best]:.2f}x", flush=True)
+                ratios = "; ".join(f"{name} / best peer ({best}): {rate / peers[best]:.2f}x"
+                                   for name, rate in rates.items() if name.startswith("ours"))
+                print(f"{kind} {precision}: peak matmul {peak / 1e12:.3g} TFLOP/s; {ratios}", flush=True)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ class KeptPositions:
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """The kept rows ``[N, C]`` -> ``[B, T, C]``, zeros elsewhere."""
-        flat = values.new_zeros(self.batch * self.seq, values.shape[-1]).index_copy(0, self.index, values)
+        flat = values.new_zeros(self.batch * self.seq, values.shape[-1]).index_copy_(0, self.index, values)
         return flat.view(self.batch, self.seq, -1)
 
 

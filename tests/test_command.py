@@ -1,6 +1,7 @@
 """The ``gpt2`` command: verbs, help, and each verb run as a user runs it."""
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -160,6 +161,41 @@ def test_only_user_errors_become_one_line(capsys):
     for bug in (ValueError("not enough values to unpack"), OSError(9, "Bad file descriptor"), KeyError("x")):
         with pytest.raises(type(bug)), exit_on_user_error():
             raise bug
+
+
+def test_the_collector_is_paused_inside_and_back_on_after_an_error_unless_the_caller_had_it_off():
+    from gpt2_lightning.apps.common import collector_paused
+
+    with pytest.raises(RuntimeError), collector_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("an import that fails")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_verb_loads_torch_with_no_garbage_collection_pass(tmp_path):
+    """Without the pause, importing the verb (torch with it) ran 546 collection passes."""
+    script = tmp_path / "count_passes.py"
+    script.write_text(
+        "import gc, sys\n"
+        "from gpt2_lightning.apps.cli import main\n"
+        "passes = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and passes.append(info['generation']))\n"
+        "try:\n"
+        "    main(['plot', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(len(passes), 'torch' in sys.modules, gc.isenabled(), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    passes, torch_loaded, enabled = done.stderr.split()[-3:]
+    assert torch_loaded == "True" and enabled == "True"
+    assert int(passes) < 20  # the help text's own passes, after the import
 
 
 def test_a_model_setting_that_cannot_work_is_one_line(tmp_path):

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from gpt2_lightning import __version__
-from gpt2_lightning.apps.common import exit_on_user_error
+from gpt2_lightning.apps.common import collector_paused, exit_on_user_error
 
 # verb -> (module under gpt2_lightning.apps, one-line summary)
 VERBS = {
@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_verb(verb: str, args: list[str]) -> int:
-    module = importlib.import_module(f"gpt2_lightning.apps.{VERBS[verb][0]}")
+    with collector_paused():
+        module = importlib.import_module(f"gpt2_lightning.apps.{VERBS[verb][0]}")
     if verb == "train":
         sys.argv[0] = f"{sys.argv[0]} train"
         module.main(args)

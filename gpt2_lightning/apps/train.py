@@ -22,7 +22,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gpt2_lightning.apps.common import escaped, exit_on_user_error, override_key, survive_a_closed_console
+from gpt2_lightning.apps.common import collector_paused, escaped, exit_on_user_error, override_key, survive_a_closed_console
 from gpt2_lightning.resources import config_dir, register_resolvers
 
 
@@ -74,7 +74,8 @@ def resume_in_its_run(args: list[str]) -> list[str]:
 
 def _job(cfg: DictConfig) -> float | None:
     survive_a_closed_console()
-    from gpt2_lightning.apps.job import run  # Lightning, which sets up its loggers on import: before one_log()
+    with collector_paused():
+        from gpt2_lightning.apps.job import run  # Lightning, which sets up its loggers on import: before one_log()
 
     one_log()
     try:

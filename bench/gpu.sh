@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the README's performance section in one run, for a machine lent for
-# minutes: the training step against nanoGPT (eager and compiled) and Hugging Face at 8 x 256 in
-# fp32 and bf16, ours with its loss compiled too, and compiled into CUDA graphs; MFU at 32 x 1024 in bf16; and the reference
-# fine-tune (experiment=reference: gpt2-medium, 2 epochs, fp32) timed as a whole process. Each
-# result is written to $OUT (default bench-gpu/) as soon as it is made, so a run cut short keeps
-# what it measured.
+# minutes: the reference fine-tune (experiment=reference: gpt2-medium, 2 epochs, fp32) timed as a
+# whole process; the training step against nanoGPT (eager and compiled) and Hugging Face at 8 x 256
+# in fp32 and bf16, ours with its loss compiled too, and compiled into CUDA graphs; MFU at 32 x 1024
+# in bf16. Each result is written to $OUT (default bench-gpu/) as soon as it is made, so a run cut
+# short keeps what it measured.
 #
 #   bash bench/gpu.sh [DATA]          # DATA: the seed records (default ../shared/data/instruction-data.json)
 #   DEVICE=cpu QUICK=1 bash bench/gpu.sh   # the same steps, tiny and on a CPU: checks the script itself

@@ -80,26 +80,23 @@ def training_flops_per_token(cfg: GPTConfig, seq: int) -> float:
 def loss_function(name: str, cfg: GPTConfig, device: torch.device, precision: str):
     """``(model, loss(x, y))`` for implementation ``name``; y: the target of each position."""
     base, _, how = name.partition("-")
-    if how not in COMPILE_MODES:
+    if base not in ("ours", "hf", "nanogpt") or how not in COMPILE_MODES:
         raise SystemExit(f"unknown implementation {name!r}")
-    compiled = functools.partial(torch.compile, mode=COMPILE_MODES[how])
+    compiled = functools.partial(torch.compile, mode=COMPILE_MODES[how]) if how else lambda run, **_: run
     ours, hf = model_pair(cfg)
     if base == "ours":
         model = ours.to(device).train()
         plan = training_plan(device, "32-true" if precision == "fp32" else "bf16-mixed", cfg.emb_dim)
         kernels = prepare_for_training(model, plan)
         loss = functools.partial(masked_lm_loss, head_loss=kernels.head_loss)
-        loss = compiled(loss, dynamic=True) if how else loss
+        loss = compiled(loss, dynamic=True)
         return model, lambda x, y: loss(model, x, y)[0]
     if base == "hf":
         model = hf.to(device).train()
-        run = compiled(model) if how else model
+        run = compiled(model)
         return model, lambda x, y: model.loss_function(run(x).logits, y, cfg.vocab_size, shift_labels=y)
-    if base == "nanogpt":
-        model = nanogpt_from(ours).to(device).train()
-        run = compiled(model) if how else model
-        return model, run
-    raise SystemExit(f"unknown implementation {name!r}")
+    model = nanogpt_from(ours).to(device).train()  # nanogpt
+    return model, compiled(model)
 
 
 def training_step(name: str, cfg: GPTConfig, device: torch.device, precision: str):

@@ -4,7 +4,8 @@ The same as ``gpt2 train ...``. Every setting lives in conf/ (see README.md); an
 be overridden on the command line.
 """
 
+from gpt2_lightning.apps.common import exit_without_teardown
 from gpt2_lightning.apps.train import main
 
 if __name__ == "__main__":
-    main()
+    exit_without_teardown(main)

@@ -65,14 +65,12 @@ def test_a_config_that_does_not_compose_is_reported_before_torch_or_lightning_is
 
     from tests.conftest import REPO_ROOT
 
-    code = ("import runpy, sys\n"
+    code = ("import atexit, runpy, sys\n"
+            "atexit.register(lambda: print(sorted(m for m in ('torch', 'lightning') if m in sys.modules)))\n"
             f"sys.argv = [{str(REPO_ROOT / 'train.py')!r}, 'model=gpt2-huge']\n"
-            "try:\n"
-            "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-            "except SystemExit as stop:\n"
-            "    print(stop.code, sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n")
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert result.stdout.strip() == "2 []", result.stderr[-2000:]
+    assert (result.returncode, result.stdout.strip()) == (2, "[]"), result.stderr[-2000:]
     assert "Could not find 'model/gpt2-huge'" in result.stderr
     assert list(tmp_path.iterdir()) == []
 

@@ -198,6 +198,45 @@ def test_a_verb_loads_torch_with_no_garbage_collection_pass(tmp_path):
     assert int(passes) < 20  # the help text's own passes, after the import
 
 
+# A program that leaves a reference cycle with a finaliser: only a collection at exit runs it.
+CYCLE_AT_EXIT = (
+    "import atexit, gc, sys, threading, time\n"
+    "from gpt2_lightning.apps.common import exit_without_teardown\n"
+    "class Cycle:\n"
+    "    def __del__(self):\n"
+    "        sys.stderr.write('collected at teardown\\n')\n"
+    "gc.disable()\n"
+    "cycle = Cycle(); cycle.me = cycle; del cycle\n"
+    "atexit.register(lambda: print('exit handler ran'))\n"
+    "threading.Thread(target=lambda: (time.sleep(0.3), print('thread finished'))).start()\n"
+    "sys.stdout.write('written, not flushed; ')\n")
+
+
+@pytest.mark.parametrize("ending, code, stderr", [
+    ("exit_without_teardown(lambda: 3)", 3, ""),
+    ("exit_without_teardown(lambda: sys.exit(4))", 4, ""),
+    ("exit_without_teardown(lambda: sys.exit('a message'))", 1, "a message\n"),
+])
+def test_a_program_ends_with_its_code_after_its_threads_and_exit_handlers_but_without_teardown(ending, code, stderr):
+    done = subprocess.run([sys.executable, "-c", CYCLE_AT_EXIT + ending], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (code, stderr)
+    assert done.stdout == "written, not flushed; thread finished\nexit handler ran\n"
+
+
+def test_without_exit_without_teardown_the_teardown_collects():
+    """The control of the test above: Python's own exit runs the finaliser."""
+    done = subprocess.run([sys.executable, "-c", CYCLE_AT_EXIT + "sys.exit(3)"], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stderr) == (3, "collected at teardown\n")
+
+
+def test_an_exception_in_a_program_is_left_to_python():
+    done = subprocess.run([sys.executable, "-c", CYCLE_AT_EXIT + "exit_without_teardown(lambda: 1 / 0)"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "ZeroDivisionError" in done.stderr and done.stderr.endswith("collected at teardown\n")
+
+
 def test_a_model_setting_that_cannot_work_is_one_line(tmp_path):
     result = gpt2("train", "model=tiny", "data=sample", "trainer=cpu", "model.config.n_heads=3",
                   f"hydra.run.dir={tmp_path}", timeout=300)

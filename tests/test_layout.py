@@ -132,7 +132,7 @@ def test_setup_cfg_ships_every_subpackage_the_configs_and_the_sample_data():
     assert subpackages <= listed
     assert "gpt2_lightning.conf = conf" in setup["options"]["package_dir"]
     assert "gpt2_lightning.sample_data = data" in setup["options"]["package_dir"]
-    assert setup["options.entry_points"]["console_scripts"].split() == ["gpt2", "=", "gpt2_lightning.apps.cli:main"]
+    assert setup["options.entry_points"]["console_scripts"].split() == ["gpt2", "=", "gpt2_lightning.apps.cli:command"]
 
 
 def imported_packages(tree: ast.AST) -> set[str]:

@@ -11,9 +11,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from gpt2_lightning import __version__
-from gpt2_lightning.apps.common import collector_paused, exit_on_user_error
+from gpt2_lightning.apps.common import collector_paused, exit_on_user_error, exit_without_teardown
 
 # verb -> (module under gpt2_lightning.apps, one-line summary)
 VERBS = {
@@ -48,6 +49,11 @@ def verb_parser(verb: str, module) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"gpt2 {verb}", description=summary, epilog=details or None)
     module.add_arguments(parser)
     return parser
+
+
+def command() -> NoReturn:
+    """The ``gpt2`` program: ``main`` on the command line's arguments, as a process of its own."""
+    exit_without_teardown(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

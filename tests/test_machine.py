@@ -1,5 +1,9 @@
 """What a measurement is remembered for: CPUs that share a marketing name but not their speed are told apart."""
 
+import os
+import subprocess
+import sys
+
 from gpt2_lightning.backends.machine import cpu_identity, cpu_identity_of, machine
 
 ZEN3 = """processor\t: 0
@@ -32,3 +36,33 @@ def test_cpus_of_one_marketing_name_but_other_vector_units_are_told_apart():
 
 def test_this_machines_measurements_are_keyed_by_its_identity():
     assert f"[{cpu_identity()}]" in machine() and "cores" in cpu_identity()
+
+
+def test_settings_that_cap_the_kernels_are_part_of_the_identity(monkeypatch):
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                 "ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    plain = machine()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "")  # set but empty: torch's default, as unset
+    assert machine() == plain.replace(f"{cpu_identity()}]", f"{cpu_identity()}, ONEDNN_MAX_CPU_ISA=AVX2]")
+
+
+def test_a_process_whose_kernels_are_capped_does_not_take_the_uncapped_calibration(tmp_path):
+    """ATen's kernels capped at AVX2 as the process starts: its plan is measured again, not read
+    from the cache the same machine filled without the cap."""
+    measure = ("import logging, sys\n"
+               "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+               "from gpt2_lightning.backends.cpu.calibrate import gelu_race\n"
+               "import torch\n"
+               "gelu_race(torch.bfloat16, 64)\n")
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    env["GPT2_LIGHTNING_CACHE"] = str(tmp_path)
+
+    def measured(**settings) -> bool:
+        done = subprocess.run([sys.executable, "-c", measure], env={**env, **settings}, capture_output=True,
+                              text=True, check=True, timeout=120)
+        return "measured the gelu bfloat16 workload" in done.stdout
+
+    assert measured() and not measured()  # measured once, then read back
+    assert measured(ATEN_CPU_CAPABILITY="default") and not measured(ATEN_CPU_CAPABILITY="default")

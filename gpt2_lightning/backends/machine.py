@@ -1,5 +1,5 @@
 """What a measurement depends on: the CPU (its vendor, family, model, vector flags and cores), the
-GPU, the threads torch uses, torch's version."""
+settings that cap or change its kernels, the GPU, the threads torch uses, torch's version."""
 
 from __future__ import annotations
 
@@ -14,14 +14,23 @@ import torch
 # The CPU flags that decide which kernels are fast: without AVX-512 BF16 (or AMX), bf16 is
 # emulated, ~20x slower than fp32 on an AVX2-only Zen 3 of the same marketing name as a Zen 4.
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+# Environment settings, read as a process starts, that cap the instructions torch's kernels use
+# (ATen's own, oneDNN's, MKL's) or let oneDNN multiply fp32 in a narrower format. On one Zen 4,
+# oneDNN, ATen and MKL capped at AVX2 turned the training plan from bf16 mixed (26.4 against
+# fp32's 47.7 ms) to fp32 (bf16 3.1x slower than fp32 in the first round).
+KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                   "ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE")
 
 
 def machine() -> str:
     """What a measurement holds for: ``AMD EPYC [AuthenticAMD family 25 model 17, avx2 fma avx512f
     avx512_bf16, 2 cores], 2 threads, torch 2.13.0`` (the part in brackets tells machines apart
-    that share a marketing name)."""
+    that share a marketing name), with any of ``KERNEL_SETTINGS`` that is set (``..., 2 cores,
+    ONEDNN_MAX_CPU_ISA=AVX2]``)."""
     gpu = f" + {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu_model()} [{cpu_identity()}]{gpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    settings = "".join(f", {name}={os.environ[name]}" for name in KERNEL_SETTINGS if os.environ.get(name))
+    return (f"{cpu_model()} [{cpu_identity()}{settings}]{gpu}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,6 +16,9 @@ from gpt2_lightning.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CACHE_VARIABLE = "GPT2_LIGHTNING_CACHE"
+# An execution plan's file (``ExecutionPlan.save``), in a run directory (``Run.plan``): named here,
+# below both, so that reading a run's other files never loads the backends (and torch with them).
+PLAN_FILE = "plan.json"
 
 
 def _shipped(in_package: str, in_checkout: str) -> Path:

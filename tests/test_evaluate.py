@@ -138,3 +138,25 @@ def test_the_loss_plots_token_axis_starts_at_step_0_and_its_labels_stay_apart():
     assert top.get_xlim() == pytest.approx((0, 175_000))
     labels = [t.get_text() for t in top.xaxis.get_ticklabels() if t.get_text()]
     assert labels and all(len(label) <= 5 for label in labels), labels  # "120k", not "120000140000"
+
+
+def test_gpt2_plot_draws_a_runs_losses_without_loading_torch(tmp_path):
+    """A verb that only reads a run's files starts without torch (1.0 s of imports)."""
+    import subprocess
+    import sys
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(tmp_path / "run" / "tensorboard") as writer:
+        for step in range(5):
+            writer.add_scalar("train_loss", 5.0 - step, step)
+            writer.add_scalar("tokens_seen", 100.0 * (step + 1), step)
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules))\n"
+            "from gpt2_lightning.apps.cli import command\n"
+            "command()\n")
+    done = subprocess.run([sys.executable, "-c", code, "plot", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [str(tmp_path / "run" / "loss.png"), "torch loaded: False"]
+    assert (tmp_path / "run" / "loss.png").read_bytes().startswith(b"\x89PNG")

@@ -16,8 +16,7 @@ import torch
 
 from gpt2_lightning.errors import ConfigError
 from gpt2_lightning.io import read_json, write_json
-
-PLAN_FILE = "plan.json"
+from gpt2_lightning.resources import PLAN_FILE
 
 # Lightning's precision -> the dtype the matmuls run in.
 PRECISION_DTYPES = {"32-true": "float32", "32": "float32", "bf16-mixed": "bfloat16", "bf16-true": "bfloat16",

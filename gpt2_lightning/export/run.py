@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gpt2_lightning.backends import PLAN_FILE, ExecutionPlan
 from gpt2_lightning.io import read_json
-from gpt2_lightning.resources import register_resolvers
+from gpt2_lightning.resources import PLAN_FILE, register_resolvers
+
+if TYPE_CHECKING:
+    from gpt2_lightning.backends import ExecutionPlan
 
 
 class _Path:
@@ -134,6 +136,10 @@ class Run:
         return benchmark_scores(results.get("results", {}) if isinstance(results, dict) else {})
 
     def execution_plan(self) -> ExecutionPlan | None:
+        # Imported here: the backends load torch (1.0 s), which the verbs that read a run's files
+        # alone (plot, report, compare) never need.
+        from gpt2_lightning.backends import ExecutionPlan
+
         return ExecutionPlan.load(self.plan) if self.plan.is_file() else None
 
     def test_records(self) -> list[dict]:

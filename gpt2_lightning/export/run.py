@@ -136,8 +136,8 @@ class Run:
         return benchmark_scores(results.get("results", {}) if isinstance(results, dict) else {})
 
     def execution_plan(self) -> ExecutionPlan | None:
-        # Imported here: the backends load torch (1.0 s), which the verbs that read a run's files
-        # alone (plot, report, compare) never need.
+        # Imported here: the backends load torch (1.0 s), which `gpt2 plot`, reading a run's
+        # files alone, never needs.
         from gpt2_lightning.backends import ExecutionPlan
 
         return ExecutionPlan.load(self.plan) if self.plan.is_file() else None

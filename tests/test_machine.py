@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from gpt2_lightning.backends.machine import cpu_identity, cpu_identity_of, machine
+from gpt2_lightning.backends.machine import KERNEL_SETTINGS, cpu_identity, cpu_identity_of, machine
 
 ZEN3 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -39,8 +39,7 @@ def test_this_machines_measurements_are_keyed_by_its_identity():
 
 
 def test_settings_that_cap_the_kernels_are_part_of_the_identity(monkeypatch):
-    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-                 "ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE"):
+    for name in KERNEL_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     plain = machine()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
@@ -49,8 +48,8 @@ def test_settings_that_cap_the_kernels_are_part_of_the_identity(monkeypatch):
 
 
 def test_a_process_whose_kernels_are_capped_does_not_take_the_uncapped_calibration(tmp_path):
-    """ATen's kernels capped at AVX2 as the process starts: its plan is measured again, not read
-    from the cache the same machine filled without the cap."""
+    """ATen's kernels capped as the process starts (``default``: no vector instructions): its plan
+    is measured again, not read from the cache the same machine filled without the cap."""
     measure = ("import logging, sys\n"
                "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
                "from gpt2_lightning.backends.cpu.calibrate import gelu_race\n"

@@ -138,35 +138,35 @@ def test_attention_runs_as_matmuls_up_to_the_longest_length_measured_faster(tmp_
     from gpt2_lightning.backends import prepare_for_training
     from gpt2_lightning.backends.machine import machine
 
+    key = f"{machine()} | cpu | attention bfloat16 | {{}} tokens | width 64 | sdpa vs matmul".format
     monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(tmp_path / "measured"))
     plan = training_plan("cpu", "bf16-mixed", width=64)
     races = {k: v for k, v in json.loads((tmp_path / "measured" / "calibration.json").read_text()).items()
              if "| attention bfloat16 " in k}  # (generation may race its own dtype too)
-    key = f"{machine()} | cpu | attention bfloat16 | {{}} tokens | width 64 | sdpa vs matmul".format
-    assert set(races[key(256)]["seconds"]) == {"sdpa", "matmul"}  # the longest length first
-    if races[key(256)]["fastest"] == "matmul":
-        assert (plan.train.attention, plan.train.matmul_tokens, len(races)) == ("matmul-short", 256, 1)
-    else:  # then the next length
-        expected = ("matmul-short", 128) if races[key(128)]["fastest"] == "matmul" else ("sdpa", 256)
+    assert set(races[key(128)]["seconds"]) == {"sdpa", "matmul"}  # the shortest length first
+    if races[key(128)]["fastest"] == "sdpa":  # then no longer one
+        assert (plan.train.attention, list(races)) == ("sdpa", [key(128)])
+    else:
+        expected = ("matmul-short", 256) if races[key(256)]["fastest"] == "matmul" else ("matmul-short", 128)
         assert (plan.train.attention, plan.train.matmul_tokens) == expected
     assert plan.measured["training attention"].count("->") == len(races)
 
-    def planned(fastest_at):  # what the machine's calibration found at 256 and 128 tokens
+    def planned(fastest_at):  # what the machine's calibration found at 128 and then 256 tokens
         cache = tmp_path / "-".join(fastest_at)
         cache.mkdir()
         (cache / "calibration.json").write_text(json.dumps({
-            f"{machine()} | cpu | attention bfloat16 | {tokens} tokens | width 64 | sdpa vs matmul":
-                {"fastest": fastest, "seconds": {}} for tokens, fastest in zip((256, 128), fastest_at)}))
+            key(tokens): {"fastest": fastest, "seconds": {}} for tokens, fastest in zip((128, 256), fastest_at)}))
         monkeypatch.setenv("GPT2_LIGHTNING_CACHE", str(cache))
         plan = training_plan("cpu", "bf16-mixed", width=64)
         return plan.train.attention, plan.train.matmul_tokens, prepare_for_training(GPTModel(TINY), plan).attention
 
-    attention, tokens, kernel = planned(["matmul", "sdpa"])
+    attention, tokens, kernel = planned(["matmul", "matmul"])
     assert (attention, tokens, kernel.keywords) == ("matmul-short", 256, {"dtype": torch.bfloat16, "max_tokens": 256})
-    attention, tokens, kernel = planned(["sdpa", "matmul"])
+    attention, tokens, kernel = planned(["matmul", "sdpa"])
     assert (attention, tokens, kernel.keywords["max_tokens"]) == ("matmul-short", 128, 128)
     assert "attention matmuls up to 128 tokens, then sdpa" in training_plan("cpu", "bf16-mixed", width=64).describe()
-    assert planned(["sdpa", "sdpa"])[0::2] == ("sdpa", None)
+    assert planned(["sdpa"])[0::2] == ("sdpa", None)
+    assert key(256) not in json.loads((tmp_path / "sdpa" / "calibration.json").read_text())  # never raced
 
 
 def test_a_candidate_far_slower_in_the_first_round_never_runs_the_whole_workload():

@@ -68,7 +68,7 @@ def op_times(name: str, cfg, batches, precision: str, steps: int) -> tuple[dict[
 
 def warm_up(train, batches, most: int = 5) -> None:
     """Untimed passes until one page-faults no memory in (at most ``most``): the first steps of
-    a process fault in hundreds of MB (the kernel zeroing each page), which the profile would
+    a process fault in hundreds of MB (the kernel zeroing each page), which the clock would
     put on whichever op first writes there (the LM head's logits, mostly)."""
     for _ in range(most):
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -142,9 +144,6 @@ def test_the_loss_plots_token_axis_starts_at_step_0_and_its_labels_stay_apart():
 
 def test_gpt2_plot_draws_a_runs_losses_without_loading_torch(tmp_path):
     """A verb that only reads a run's files starts without torch (1.0 s of imports)."""
-    import subprocess
-    import sys
-
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(tmp_path / "run" / "tensorboard") as writer:
